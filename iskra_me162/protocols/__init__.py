@@ -1,0 +1,1 @@
+"""Sans-I/O protocol cores: bytes in, readings out. No serial ports, sockets or clocks here."""
