@@ -15,7 +15,12 @@ from iskra_me162.obis import Reading
 # Factors to Wh / W. IEC 62056-21 meters that send no unit (EMH eHZ, "013925.5*") mean kWh
 # on energy registers and kW on power registers: that is the convention of every such meter
 # we know of, so ``None`` and ``""`` map to the "k" factor.
-_ENERGY_TO_WH = {"wh": Decimal(1), "kwh": Decimal(1000), "mwh": Decimal(1_000_000), "": Decimal(1000)}
+_ENERGY_TO_WH = {
+    "wh": Decimal(1),
+    "kwh": Decimal(1000),
+    "mwh": Decimal(1_000_000),
+    "": Decimal(1000),
+}
 _POWER_TO_W = {"w": Decimal(1), "kw": Decimal(1000), "mw": Decimal(1_000_000), "": Decimal(1000)}
 
 
