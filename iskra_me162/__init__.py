@@ -1,3 +1,4 @@
-"""iskra-me162: read electricity meters through an optical IR head and feed home automation."""
+"""iskra-me162: read electricity meters through an optical IR head and feed home automation.
 
-__version__ = "1.0.0"
+The version is defined once, in setup.py; :func:`iskra_me162.version.version` reads it.
+"""

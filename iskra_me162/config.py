@@ -1,0 +1,352 @@
+"""Parse and validate ``/etc/default/iskra-me162``. The file is data: it is never executed.
+
+The syntax is exactly what the original 2016 script's README showed (which that script ran with
+``exec()``): ``key = value`` lines, ``#`` comments and blank lines, where a value is a string in
+double or single quotes, an integer, a decimal number, or ``True``/``False``. Anything else — an
+expression, a call, an f-string, a second statement — is a :class:`ConfigError` that names the file
+and line, and nothing in the file is run.
+
+:data:`KEYS` is the one list of keys, types, defaults and limits: the parser,
+``--check-config``, the shipped example file and the man page are all checked against it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iskra_me162.errors import ConfigError
+
+DEFAULT_PATH = "/etc/default/iskra-me162"
+DEFAULT_STATE_FILE = "/run/iskra-me162/state"
+# The 2016 script's default; /var/run is root's and the service user cannot write there.
+LEGACY_STATE_FILE = "/var/run/me162-state"
+PROTOCOLS = ("iec62056-21",)
+LOCKOUT_WARNING_INTERVAL = 60  # below this some meters refuse new sessions (they lock out)
+
+Value = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One configuration key: its type, default, limits and a one-line description."""
+
+    kind: type
+    default: Value | None
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None  # returns an error message or None
+    secret: bool = False
+
+
+def _check_serial_format(value: str) -> str | None:
+    if value and not re.fullmatch(r"[5-8][NEOMS][12]", value.upper()):
+        return f"serial_format must look like 7E1 or 8N1, not {value!r}"
+    return None
+
+
+def _check_nonempty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+KEYS: dict[str, KeySpec] = {
+    # --- the meter -------------------------------------------------------------------------
+    "protocol": KeySpec(str, "iec62056-21", "meter protocol", choices=PROTOCOLS),
+    "port": KeySpec(
+        str,
+        "/dev/ttyUSB0",
+        "serial device of the IR head, or a pyserial URL (rfc2217://host:port, socket://host:port)",
+        check=_check_nonempty,
+    ),
+    "serial_format": KeySpec(
+        str,
+        "7E1",
+        "data bits, parity, stop bits on the line; 8N1 for adapters without 7-bit support "
+        "(received bytes are then masked to 7 bits)",
+        check=_check_serial_format,
+    ),
+    "use_highspeed": KeySpec(
+        bool, True, "switch to the baud rate the meter proposes after the identification"
+    ),
+    "baud_switch_delay": KeySpec(
+        float,
+        0.1,
+        "seconds between sending the ACK (drained from the output) and switching the baud rate",
+        minimum=0.0,
+        maximum=1.5,
+    ),
+    "update_interval": KeySpec(
+        int, 60, "seconds between two readouts and pushes", minimum=1, maximum=86400
+    ),
+    "watchdog_failed_cycles": KeySpec(
+        int,
+        10,
+        "consecutive failed cycles after which the systemd watchdog is no longer fed",
+        minimum=1,
+        maximum=100000,
+    ),
+    "print_debug": KeySpec(int, 0, "0 = warnings, 1 = info, 2 = debug", minimum=0, maximum=2),
+    "state_file": KeySpec(
+        str, DEFAULT_STATE_FILE, "last-sent counters (put it on tmpfs); empty = keep in memory"
+    ),
+    # --- Domoticz --------------------------------------------------------------------------
+    "domoticzserver": KeySpec(
+        str, "", "host:port or http(s):// URL of Domoticz; empty disables Domoticz"
+    ),
+    "domoticzusername": KeySpec(str, "", "Domoticz user for Basic auth; empty = no auth"),
+    "domoticzpassword": KeySpec(str, "", "Domoticz password", secret=True),
+    "device_index": KeySpec(
+        int, None, "Idx of the P1 Smart Meter (Electric) device", minimum=0, maximum=10**9
+    ),
+    "domoticz_ca_file": KeySpec(str, "", "CA certificate file for an https:// Domoticz"),
+    "domoticz_verify_tls": KeySpec(bool, True, "verify the https:// certificate of Domoticz"),
+    "domoticz_timeout": KeySpec(
+        float, 10.0, "seconds to wait for Domoticz", minimum=0.5, maximum=300
+    ),
+    "swap_tariffs": KeySpec(bool, False, "send tariff 2 as Domoticz's T1 and tariff 1 as T2"),
+}
+
+# A value: "..." or '...' (backslash escapes as in Python), an integer, a decimal, True/False.
+_LINE_RE = re.compile(r"^\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)\s*$")
+_STRING_RE = re.compile(r"""(?P<q>["'])(?P<body>(?:\\.|(?!(?P=q))[^\\])*)(?P=q)""")
+_INT_RE = re.compile(r"[+-]?\d+")
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration. ``warnings`` are logged by the daemon once logging is up."""
+
+    path: str = DEFAULT_PATH
+    protocol: str = "iec62056-21"
+    port: str = "/dev/ttyUSB0"
+    serial_format: str = "7E1"
+    use_highspeed: bool = True
+    baud_switch_delay: float = 0.1
+    update_interval: int = 60
+    watchdog_failed_cycles: int = 10
+    print_debug: int = 0
+    state_file: str = DEFAULT_STATE_FILE
+    domoticzserver: str = ""
+    domoticzusername: str = ""
+    domoticzpassword: str = field(default="", repr=False)
+    device_index: int | None = None
+    domoticz_ca_file: str = ""
+    domoticz_verify_tls: bool = True
+    domoticz_timeout: float = 10.0
+    swap_tariffs: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in any output (for log filters and tests)."""
+        return tuple(
+            str(getattr(self, name))
+            for name, spec in KEYS.items()
+            if spec.secret
+            if getattr(self, name)
+        )
+
+
+def _strip_comment(text: str) -> str:
+    """Remove a trailing ``# comment`` that is not inside a quoted string."""
+    quote = ""
+    escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote:
+            escaped = True
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            return text[:index].rstrip()
+    return text
+
+
+def _unescape(body: str) -> str:
+    out: list[str] = []
+    chars = iter(body)
+    for char in chars:
+        if char == "\\":
+            nxt = next(chars, "")
+            out.append(_ESCAPES.get(nxt, "\\" + nxt))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def parse_value(text: str) -> Value:
+    """One literal; raises ValueError for anything that is not plain data."""
+    match = _STRING_RE.fullmatch(text)
+    if match:
+        return _unescape(match.group("body"))
+    if text in ("True", "False"):
+        return text == "True"
+    if _INT_RE.fullmatch(text):
+        return int(text)
+    if _FLOAT_RE.fullmatch(text):
+        return float(text)
+    if text.lower() in ("true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"write True or False (with a capital letter), not {text}")
+    if not text:
+        raise ValueError("no value after '='")
+    raise ValueError(
+        "not a plain value: use \"text\", 'text', a number, True or False "
+        "(the file is read as data, nothing in it is executed)"
+    )
+
+
+def _convert(key: str, spec: KeySpec, value: Value) -> Value:
+    kind = spec.kind
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be True or False, not {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be a whole number, not {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key} must be a number, not {value!r}")
+        value = float(value)
+    elif kind is str and not isinstance(value, str):
+        raise ValueError(f'{key} must be a string in quotes, e.g. {key} = "{value}"')
+    if spec.minimum is not None and value < spec.minimum:  # type: ignore[operator]
+        raise ValueError(f"{key} must be at least {spec.minimum:g}, not {value}")
+    if spec.maximum is not None and value > spec.maximum:  # type: ignore[operator]
+        raise ValueError(f"{key} must be at most {spec.maximum:g}, not {value}")
+    if spec.choices and value not in spec.choices:
+        raise ValueError(f"{key} must be one of {', '.join(spec.choices)}; not {value!r}")
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise ValueError(problem if problem.startswith(key) else f"{key} {problem}")
+    return value
+
+
+def parse_text(
+    text: str, path: str = DEFAULT_PATH
+) -> tuple[dict[str, Value], dict[str, int], list[str]]:
+    """Parse the file's text into raw values, the line of each key, and warnings."""
+    values: dict[str, Value] = {}
+    lines: dict[str, int] = {}
+    warnings: list[str] = []
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = _strip_comment(raw_line).strip()
+        if not line:
+            continue
+        match = _LINE_RE.match(line)
+        if match is None:
+            raise ConfigError(
+                "expected 'key = value' (the file is read as data, nothing in it is executed)",
+                path,
+                number,
+            )
+        key, value_text = match.group("key"), match.group("value")
+        spec = KEYS.get(key)
+        if spec is None:
+            hint = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"unknown key {key!r}{suggestion}", path, number)
+        try:
+            value = _convert(key, spec, parse_value(value_text))
+        except ValueError as error:
+            raise ConfigError(str(error), path, number) from None
+        if key in values:
+            warnings.append(f"{path}:{number}: {key} is set again (line {lines[key]}); last wins")
+        values[key] = value
+        lines[key] = number
+    return values, lines, warnings
+
+
+def load_config(path: str = DEFAULT_PATH) -> Config:
+    """Read, parse and validate the configuration file; raise ConfigError on any problem."""
+    try:
+        with open(path, encoding="utf-8") as handle:  # noqa: PTH123 - fstat of the same handle
+            mode = os.fstat(handle.fileno()).st_mode
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError("configuration file not found", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read configuration file: {error}", path) from None
+    config = config_from_text(text, path)
+    if config.domoticzpassword and mode & stat.S_IROTH:
+        config = _with_warning(
+            config,
+            f"{path} contains a password and is readable by every user: "
+            f"run 'chmod 640 {path}' (and chown root:iskra-me162)",
+        )
+    return config
+
+
+def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
+    values, lines, warnings = parse_text(text, path)
+    settings: dict[str, Any] = {key: spec.default for key, spec in KEYS.items()}
+    settings.update(values)
+
+    if settings["state_file"] == LEGACY_STATE_FILE:
+        warnings.append(
+            f"{path}:{lines['state_file']}: state_file {LEGACY_STATE_FILE} is the old default, "
+            f"which the service user cannot write; using {DEFAULT_STATE_FILE} instead"
+        )
+        settings["state_file"] = DEFAULT_STATE_FILE
+    if settings["domoticzserver"]:
+        if settings["device_index"] is None:
+            raise ConfigError(
+                "device_index is required when domoticzserver is set "
+                "(the Idx of the P1 Smart Meter device in Domoticz)",
+                path,
+                lines["domoticzserver"],
+            )
+        from iskra_me162.sinks.domoticz import parse_domoticz_server
+
+        try:
+            parse_domoticz_server(settings["domoticzserver"])
+        except ValueError as error:
+            raise ConfigError(str(error), path, lines["domoticzserver"]) from None
+        if settings["domoticzpassword"] and not settings["domoticzusername"]:
+            raise ConfigError(
+                "domoticzpassword is set but domoticzusername is empty",
+                path,
+                lines["domoticzpassword"],
+            )
+    if settings["domoticz_ca_file"] and not Path(settings["domoticz_ca_file"]).is_file():
+        raise ConfigError(
+            f"domoticz_ca_file {settings['domoticz_ca_file']!r} does not exist",
+            path,
+            lines["domoticz_ca_file"],
+        )
+    if settings["update_interval"] < LOCKOUT_WARNING_INTERVAL:
+        warnings.append(
+            f"{path}:{lines['update_interval']}: update_interval {settings['update_interval']} s "
+            f"is below {LOCKOUT_WARNING_INTERVAL} s: some meters refuse a new session for up to a "
+            "minute after one and will then be read less often than configured"
+        )
+    port = settings["port"]
+    if port.startswith("socket://") and settings["use_highspeed"]:
+        warnings.append(
+            f"{path}:{lines.get('port', 0)}: a socket:// port cannot change the baud rate of the "
+            "remote head; use_highspeed will fail and fall back to 300 baud "
+            "(set use_highspeed = False, or use rfc2217://)"
+        )
+    settings["serial_format"] = settings["serial_format"].upper()
+    return Config(path=path, warnings=tuple(warnings), **settings)
+
+
+def _with_warning(config: Config, warning: str) -> Config:
+    from dataclasses import replace
+
+    return replace(config, warnings=(*config.warnings, warning))

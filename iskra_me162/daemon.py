@@ -1,0 +1,316 @@
+"""The loop: read the meter on a fixed schedule, hand readouts to the sinks, talk to systemd.
+
+Failures are sorted by kind (see :mod:`iskra_me162.errors`): a bad readout is dropped, a vanished
+port is reopened with back-off, a sink that failed is simply given the current readout next cycle
+(the counters are cumulative, so nothing is lost). Each problem is logged when it starts and when
+it ends, not every cycle, so a log read at 3 a.m. tells a story instead of repeating one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from iskra_me162.config import Config, load_config
+from iskra_me162.errors import ConfigError, IskraError, PortError, SinkError
+from iskra_me162.meters import IecMeter
+from iskra_me162.port import Port
+from iskra_me162.readout import Readout
+from iskra_me162.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_DELAY = 5.0  # seconds; doubles per failed cycle up to update_interval
+STATUS_REGISTERS = (("1.8.0", "kWh"), ("2.8.0", "kWh"))
+
+
+class Sink(Protocol):
+    """What the loop needs of a sink: a name for the log, publish(), close()."""
+
+    name: str
+
+    def publish(self, readout: Readout) -> object: ...
+
+    def close(self) -> None: ...
+
+
+class Shutdown(Exception):
+    """Raised inside a read when SIGTERM/SIGINT arrived, to leave the readout at once."""
+
+
+@dataclass
+class _Signals:
+    stop: bool = False
+    reload: bool = False
+
+
+class ProblemLog:
+    """Logs a component's problem when it starts or changes, and its recovery once."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, str] = {}
+
+    def problem(self, component: str, message: str, level: int = logging.WARNING) -> None:
+        if self._current.get(component) != message:
+            self._current[component] = message
+            log.log(level, "%s: %s", component, message)
+        else:
+            log.debug("%s (still): %s", component, message)
+
+    def ok(self, component: str, what: str = "working again") -> None:
+        if self._current.pop(component, None) is not None:
+            log.warning("%s: %s", component, what)
+
+
+def build_meter(config: Config, tick: Callable[[], None]) -> IecMeter:
+    port = Port(
+        config.port,
+        baudrate=300,
+        serial_format=config.serial_format,
+        seven_bit_line=True,
+        tick=tick,
+    )
+    return IecMeter(port, config.use_highspeed, config.baud_switch_delay)
+
+
+def build_sinks(config: Config) -> list[Sink]:
+    from iskra_me162.sinks.domoticz import DomoticzSink
+
+    state_path = config.state_file or None
+    if config.domoticzserver:
+        assert config.device_index is not None  # the config parser guarantees it
+        return [
+            DomoticzSink(
+                server=config.domoticzserver,
+                device_index=config.device_index,
+                username=config.domoticzusername,
+                password=config.domoticzpassword,
+                ca_file=config.domoticz_ca_file,
+                verify_tls=config.domoticz_verify_tls,
+                timeout=config.domoticz_timeout,
+                swap_tariffs=config.swap_tariffs,
+                state_path=state_path,
+            )
+        ]
+    from iskra_me162.sinks.logonly import LogOnlySink
+
+    return [LogOnlySink(swap_tariffs=config.swap_tariffs, state_path=state_path)]
+
+
+def status_line(readout: Readout) -> str:
+    parts = []
+    for cde, unit in STATUS_REGISTERS:
+        value = readout.energy_wh(cde)
+        if value is not None:
+            parts.append(f"{cde} {value / 1000:f} {unit}")
+    when = readout.wall_time.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{readout.identity.model}: {', '.join(parts) or 'no energy registers'} at {when}"
+
+
+class Daemon:
+    """The long-running service. ``run()`` returns the process exit status."""
+
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.signals = _Signals()
+        self.problems = ProblemLog()
+        self.meter = build_meter(config, self._tick)
+        self.sinks = build_sinks(config)
+        self.failed_cycles = 0
+        self.watchdog_starved = False
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # --- signals -----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self.signals.stop = True
+        self.meter.port.cancel_read()
+
+    def _on_reload(self, signum: int, _frame: object) -> None:
+        self.signals.reload = True
+
+    def _tick(self) -> None:
+        """Called between read slices: leave at once on SIGTERM, keep the watchdog fed."""
+        if self.signals.stop:
+            raise Shutdown
+        self._feed_watchdog(time.monotonic())
+
+    # --- watchdog ----------------------------------------------------------------------------
+    def _feed_watchdog(self, now: float) -> None:
+        due = self.notifier.watchdog_due(now)
+        if due is None or now < due or self.watchdog_starved:
+            return
+        self.notifier.ping(now)
+
+    def _count_failure(self) -> None:
+        self.failed_cycles += 1
+        limit = self.config.watchdog_failed_cycles
+        if self.failed_cycles >= limit and not self.watchdog_starved:
+            self.watchdog_starved = True
+            if self.notifier.watchdog_interval is not None:
+                log.error(
+                    "no good readout for %d cycles in a row: no longer feeding the systemd "
+                    "watchdog, so that systemd restarts the service",
+                    self.failed_cycles,
+                )
+            else:
+                log.error("no good readout for %d cycles in a row", self.failed_cycles)
+
+    def _count_success(self) -> None:
+        if self.watchdog_starved:
+            log.warning("good readout again after %d failed cycles", self.failed_cycles)
+        self.failed_cycles = 0
+        self.watchdog_starved = False
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signal_handlers()
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
+        log.info(
+            "reading %s every %d s (%s), sinks: %s",
+            self.config.port,
+            self.config.update_interval,
+            self.config.protocol,
+            ", ".join(sink.name for sink in self.sinks),
+        )
+        self.notifier.ready(f"waiting for the first readout from {self.config.port}")
+        next_due = time.monotonic()
+        try:
+            while not self.signals.stop:
+                self._wait_until(next_due)
+                if self.signals.stop:
+                    break
+                if self.signals.reload:
+                    self.signals.reload = False
+                    self.reload()
+                    next_due = time.monotonic()
+                    continue
+                next_due = self._cycle(next_due)
+        except Shutdown:
+            pass
+        finally:
+            self.shutdown()
+        return 0
+
+    def _cycle(self, due: float) -> float:
+        """One readout and push; returns when the next one is due (fixed rate, back-off)."""
+        interval = self.config.update_interval
+        readout = self._read_meter()
+        now = time.monotonic()
+        if readout is None:
+            self._count_failure()
+            backoff = min(FIRST_RETRY_DELAY * 2 ** (self.failed_cycles - 1), interval)
+            return now + max(backoff, min(FIRST_RETRY_DELAY, interval))
+        self._count_success()
+        self._publish(readout)
+        self._feed_watchdog(time.monotonic())
+        # Fixed rate on the monotonic clock: the next slot after the one just served, skipping
+        # any slots a slow readout overran, so the schedule never drifts.
+        next_due = due + interval
+        if next_due <= now:
+            next_due += ((now - next_due) // interval + 1) * interval
+        return next_due
+
+    def _read_meter(self) -> Readout | None:
+        try:
+            readout = self.meter.read()
+        except Shutdown:
+            raise
+        except PortError as error:
+            self.problems.problem("meter", f"{error}; retrying")
+            self.meter.close()
+            return None
+        except IskraError as error:
+            self.problems.problem("meter", f"readout rejected: {error}")
+            return None
+        self.problems.ok("meter", "good readout again")
+        log.info("%s", status_line(readout))
+        return readout
+
+    def _publish(self, readout: Readout) -> None:
+        sink_states = []
+        for sink in self.sinks:
+            try:
+                sink.publish(readout)
+            except SinkError as error:
+                self.problems.problem(sink.name, str(error))
+                sink_states.append(f"{sink.name} failing")
+            else:
+                self.problems.ok(sink.name)
+                sink_states.append(f"{sink.name} ok")
+        self.notifier.status(f"{status_line(readout)}; {', '.join(sink_states)}")
+
+    def _wait_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` or a signal, waking only to feed the watchdog."""
+        while not (self.signals.stop or self.signals.reload):
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            wake = deadline
+            ping = self.notifier.watchdog_due(now)
+            if ping is not None and not self.watchdog_starved:
+                if ping <= now:
+                    self._feed_watchdog(now)
+                    continue
+                wake = min(wake, ping)
+            ready, _, _ = select.select([self._wake_read], [], [], wake - now)
+            if ready:
+                try:
+                    while os.read(self._wake_read, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+
+    # --- reload and shutdown -----------------------------------------------------------------
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as error:
+            log.error("reload failed, keeping the running configuration: %s", error)
+            self.notifier.status(f"reload failed: {error}")
+            self.notifier.send("READY=1")
+            return
+        old = self.config
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        from iskra_me162.logs import setup_logging
+
+        setup_logging(new.print_debug, new.secrets)
+        self.config = new
+        meter_keys = ("port", "protocol", "serial_format", "use_highspeed", "baud_switch_delay")
+        if any(getattr(old, key) != getattr(new, key) for key in meter_keys):
+            self.meter.close()
+            self.meter = build_meter(new, self._tick)
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = build_sinks(new)
+        log.warning("configuration reloaded from %s", new.path)
+        self.notifier.send("READY=1")
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.meter.close()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except IskraError as error:
+                log.warning("%s: %s", sink.name, error)
+        self.notifier.close()
+        signal.set_wakeup_fd(-1)
+        for fd in (self._wake_read, self._wake_write):
+            os.close(fd)
+        log.info("stopped")

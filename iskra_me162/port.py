@@ -1,0 +1,214 @@
+"""The serial line: pyserial glue between an IR head and the sans-I/O protocol cores.
+
+One class, :class:`Port`, used for every kind of port — a device path, a ``/dev/serial/by-id``
+link, a pyserial URL (``rfc2217://``, ``socket://``) or the built-in simulator (``sim://``) — so the
+code the tests drive over a pty is the code that drives a real UART.
+
+Two habits keep it working on every kind of line:
+
+* Settings are applied once, before the port is opened, and later only when they *change*. A
+  Linux pty cannot do 7 data bits or parity, and glibc's ``tcsetattr`` fails with EINVAL when the
+  only change requested is one the pty cannot apply; pyserial re-applies everything on every
+  ``ser.timeout = ...`` or ``ser.baudrate = <same rate>``. A real UART would accept both, so the bug
+  would only show in tests — or, worse, only on hardware. We never do either.
+* The read timeout is a fixed short slice (:data:`READ_SLICE`); longer waits are loops of slices
+  that call ``tick()`` between them, so a SIGTERM or a watchdog ping never waits for a slow meter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from iskra_me162.errors import MeterTimeout, PortError
+
+log = logging.getLogger(__name__)
+
+READ_SLICE = 0.25  # seconds one blocking read may take before tick() runs again
+URL_HANDLER_PACKAGE = "iskra_me162.urlhandler"  # provides sim:// (the built-in simulator)
+
+# Even parity in bit 7, for sending 7E1 characters through an adapter set to 8N1.
+_EVEN_PARITY = bytes(b | (0x80 if bin(b).count("1") % 2 else 0) for b in range(128)) * 2
+_SEVEN_BITS = bytes(b & 0x7F for b in range(256))
+
+
+def escape(data: bytes) -> str:
+    """Bytes as readable text for the wire log: printable ASCII as is, the rest as \\xNN."""
+    names = {0x02: "<STX>", 0x03: "<ETX>", 0x06: "<ACK>", 0x15: "<NAK>", 0x01: "<SOH>"}
+    out = []
+    for byte in data:
+        if byte in names:
+            out.append(names[byte])
+        elif byte == 0x0D:
+            out.append("\\r")
+        elif byte == 0x0A:
+            out.append("\\n")
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def _is_url(port: str) -> bool:
+    return "://" in port
+
+
+class Port:
+    """An IR head on a serial line, opened on demand and reopened after it vanished.
+
+    ``serial_format`` is e.g. ``"7E1"``. When it is ``8N1`` but the meter speaks 7E1 (adapters
+    without 7-bit support), ``seven_bit_line=True`` masks received bytes to 7 bits and adds even
+    parity to sent bytes, which is what the meter's UART expects.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        baudrate: int = 300,
+        serial_format: str = "7E1",
+        seven_bit_line: bool = True,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.initial_baudrate = baudrate
+        self.bytesize = int(serial_format[0])
+        self.parity = serial_format[1].upper()
+        self.stopbits = int(serial_format[2])
+        self.emulate_seven_bits = seven_bit_line and self.bytesize == 8
+        self.tick = tick or (lambda: None)
+        self._serial = None  # serial.SerialBase when open
+
+    # --- opening and closing -----------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    def open(self) -> None:
+        """Open the port at the initial baud rate; raise PortError if it is not there."""
+        if self._serial is not None:
+            return
+        import serial
+
+        if URL_HANDLER_PACKAGE not in serial.protocol_handler_packages:
+            serial.protocol_handler_packages.append(URL_HANDLER_PACKAGE)
+        try:
+            ser = serial.serial_for_url(self.url, do_not_open=True)
+            # Everything is set before open(): see the module docstring for why.
+            ser.baudrate = self.initial_baudrate
+            ser.bytesize = self.bytesize
+            ser.parity = self.parity
+            ser.stopbits = self.stopbits
+            ser.timeout = READ_SLICE
+            ser.write_timeout = 10.0
+            if not _is_url(self.url):
+                ser.exclusive = True  # another reader on the same head garbles both
+            ser.open()
+        except (OSError, ValueError, serial.SerialException) as error:
+            raise PortError(f"cannot open {self.url}: {_reason(error)}") from None
+        self._serial = ser
+        log.info("opened %s at %d baud %s", self.url, ser.baudrate, self.format_name)
+
+    @property
+    def format_name(self) -> str:
+        return f"{self.bytesize}{self.parity}{self.stopbits}"
+
+    def close(self) -> None:
+        ser, self._serial = self._serial, None
+        if ser is not None:
+            try:
+                ser.close()
+            except Exception as error:  # noqa: BLE001 - closing a vanished device may fail any way
+                log.debug("closing %s: %s", self.url, error)
+            log.debug("closed %s", self.url)
+
+    def cancel_read(self) -> None:
+        """Make a blocking read return now (called from a signal handler)."""
+        ser = self._serial
+        if ser is not None and hasattr(ser, "cancel_read"):
+            # Best effort: the read slice timeout bounds the wait anyway.
+            with contextlib.suppress(Exception):
+                ser.cancel_read()
+
+    def _require(self):  # noqa: ANN202 - returns serial.SerialBase, imported lazily
+        if self._serial is None:
+            raise PortError(f"{self.url} is not open")
+        return self._serial
+
+    # --- line settings -----------------------------------------------------------------------
+    @property
+    def baudrate(self) -> int:
+        return int(self._require().baudrate)
+
+    def set_baudrate(self, baudrate: int) -> None:
+        """Switch speed, but only if it differs (re-applying fails on a pty, see above)."""
+        ser = self._require()
+        if ser.baudrate == baudrate:
+            return
+        try:
+            ser.baudrate = baudrate
+        except (OSError, ValueError) as error:
+            self.close()
+            raise PortError(f"cannot set {self.url} to {baudrate} baud: {_reason(error)}") from None
+        log.debug("%s now at %d baud", self.url, baudrate)
+
+    # --- data --------------------------------------------------------------------------------
+    def discard_input(self) -> None:
+        """Throw away what the line holds (left-overs of an earlier, failed session)."""
+        ser = self._require()
+        try:
+            ser.reset_input_buffer()
+        except (OSError, ValueError) as error:
+            self._fail("flushing", error)
+
+    def write(self, data: bytes) -> None:
+        """Send bytes and wait until they have left the output buffer (tcdrain)."""
+        ser = self._require()
+        log.debug("TX %s", escape(data))
+        wire = data.translate(_EVEN_PARITY) if self.emulate_seven_bits else data
+        try:
+            ser.write(wire)
+            ser.flush()
+        except Exception as error:  # noqa: BLE001 - pyserial raises several unrelated types
+            self._fail("writing to", error)
+
+    def read_some(self, first_byte_timeout: float) -> bytes:
+        """Return the bytes that arrive, waiting at most ``first_byte_timeout`` for the first.
+
+        Returns as soon as something arrived (and nothing more followed within one slice), so
+        callers feed the protocol core incrementally. Raises MeterTimeout when nothing came.
+        """
+        ser = self._require()
+        deadline = time.monotonic() + first_byte_timeout
+        while True:
+            self.tick()
+            try:
+                waiting = ser.in_waiting
+                chunk = ser.read(waiting if waiting > 0 else 1)
+            except Exception as error:  # noqa: BLE001 - SerialException, OSError, TypeError ...
+                self._fail("reading from", error)
+            if chunk:
+                if self.emulate_seven_bits:
+                    chunk = chunk.translate(_SEVEN_BITS)
+                log.debug("RX %s", escape(chunk))
+                return chunk
+            if time.monotonic() >= deadline:
+                raise MeterTimeout(
+                    f"no answer from the meter within {first_byte_timeout:.1f} s on {self.url}"
+                )
+
+    def _fail(self, action: str, error: BaseException) -> None:
+        """The device failed or vanished: close it so the next cycle reopens it."""
+        self.close()
+        raise PortError(f"error {action} {self.url}: {_reason(error)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    # pyserial wraps errno texts as "[Errno 2] could not open port /dev/x: [Errno 2] No such ...";
+    # keep the most specific part so the log line stays short.
+    if "] " in text:
+        text = text.rsplit("] ", 1)[-1]
+    return text

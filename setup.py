@@ -1,0 +1,33 @@
+"""Packaging for iskra-me162.
+
+``VERSION`` below is the single source of the version: ``iskra-me162 --version`` reads it from the
+installed package's metadata, and debian/changelog is checked against it by packaging/test-deb.sh.
+"""
+
+from setuptools import find_packages, setup
+
+VERSION = "1.0.0"
+
+setup(
+    name="iskra-me162",
+    version=VERSION,
+    description=(
+        "Read electricity meters (IEC 62056-21 mode C, SML) through an optical IR head "
+        "and feed Domoticz and Home Assistant"
+    ),
+    long_description=open("README.rst", encoding="utf-8").read(),  # noqa: PTH123, SIM115
+    long_description_content_type="text/x-rst",
+    license="GPL-3.0-or-later",
+    url="https://github.com/iskra-me162/iskra-me162",
+    packages=find_packages(include=["iskra_me162", "iskra_me162.*"]),
+    python_requires=">=3.9",
+    install_requires=["pyserial>=3.4", "requests>=2.25", "python-daemon>=2.2"],
+    entry_points={"console_scripts": ["iskra-me162 = iskra_me162.cli:main"]},
+    classifiers=[
+        "Environment :: No Input/Output (Daemon)",
+        "License :: OSI Approved :: GNU General Public License v3 or later (GPLv3+)",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Topic :: Home Automation",
+    ],
+)
