@@ -53,6 +53,18 @@ def _check_serial_format(value: str) -> str | None:
     return None
 
 
+def _check_listen(value: str) -> str | None:
+    if not value:
+        return None
+    from iskra_me162.sinks.http import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _check_nonempty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
@@ -112,6 +124,17 @@ KEYS: dict[str, KeySpec] = {
         float, 10.0, "seconds to wait for Domoticz", minimum=0.5, maximum=300
     ),
     "swap_tariffs": KeySpec(bool, False, "send tariff 2 as Domoticz's T1 and tariff 1 as T2"),
+    # --- HTTP endpoint (Home Assistant RESTful sensor) ---------------------------------------
+    "http_listen": KeySpec(
+        str, "", "host:port to serve the readings over HTTP on; empty = off", check=_check_listen
+    ),
+    "http_stale_after": KeySpec(
+        float,
+        0.0,
+        "seconds after which a reading is too old to serve (503); 0 = three times the interval",
+        minimum=0.0,
+        maximum=86400 * 7,
+    ),
 }
 
 # A value: "..." or '...' (backslash escapes as in Python), an integer, a decimal, True/False.
@@ -144,7 +167,14 @@ class Config:
     domoticz_verify_tls: bool = True
     domoticz_timeout: float = 10.0
     swap_tariffs: bool = False
+    http_listen: str = ""
+    http_stale_after: float = 0.0
     warnings: tuple[str, ...] = ()
+
+    @property
+    def stale_after(self) -> float:
+        """Age in seconds at which the HTTP endpoint stops serving a reading."""
+        return self.http_stale_after or 3.0 * self.update_interval
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from iskra_me162.errors import MeterTimeout, ProtocolError
+from iskra_me162.obis import Reading
 from iskra_me162.port import Port
 from iskra_me162.protocols import iec62056_21 as iec
 from iskra_me162.readout import MeterIdentity, Readout
@@ -54,7 +55,7 @@ class IecMeter:
         self.port.discard_input()
         self.port.write(iec.REQUEST)
 
-        ident = self._receive_identification()
+        ident, leftover = self._receive_identification()
         ident_time = time.monotonic()
         log.debug(
             "identification %s: manufacturer %s, baud character %r (%s), reaction time %d ms",
@@ -64,9 +65,8 @@ class IecMeter:
             ident.baudrate or "no switch",
             ident.reaction_time * 1000,
         )
-        switch_to = None
-        if self.highspeed_now and ident.baudrate and ident.baudrate != INITIAL_BAUD:
-            switch_to = ident.baudrate
+        data_baud = iec.data_baudrate(ident, highspeed=self.highspeed_now)
+        switch_to = data_baud if data_baud != INITIAL_BAUD else None
         ack = iec.build_ack(ident, highspeed=switch_to is not None)
 
         # The meter needs its reaction time before it listens again; the ACK must still leave
@@ -84,7 +84,7 @@ class IecMeter:
             self.port.set_baudrate(switch_to)
 
         try:
-            block = self._receive_data(ack)
+            block = self._receive_data(ack, leftover)
         except (MeterTimeout, ProtocolError) as error:
             if switch_to is not None:
                 self._low_speed_readouts_left = HIGHSPEED_RETRY_AFTER
@@ -105,18 +105,24 @@ class IecMeter:
             monotonic=time.monotonic(),
         )
 
-    def _receive_identification(self) -> iec.Identification:
+    def _receive_identification(self) -> tuple[iec.Identification, bytes]:
+        """The identification, and any bytes that came after its line in the same read."""
         receiver = iec.IdentificationReceiver()
         timeout = FIRST_BYTE_TIMEOUT
         while True:
             receiver.feed(self.port.read_some(timeout))
             ident = receiver.result()
             if ident is not None:
-                return ident
+                return ident, receiver.trailing_data
             timeout = GAP_TIMEOUT
 
-    def _receive_data(self, ack: bytes) -> iec.DataBlock:
+    def _receive_data(self, ack: bytes, leftover: bytes) -> iec.DataBlock:
         receiver = iec.DataReceiver(ack=ack)
+        if leftover:
+            receiver.feed(leftover)
+            block = receiver.result()
+            if block is not None:
+                return block
         timeout = FIRST_BYTE_TIMEOUT
         while True:
             receiver.feed(self.port.read_some(timeout))
@@ -126,11 +132,13 @@ class IecMeter:
             timeout = GAP_TIMEOUT
 
 
-def _identity(ident: iec.Identification, readings: tuple) -> MeterIdentity:
+def _identity(ident: iec.Identification, readings: tuple[Reading, ...]) -> MeterIdentity:
     serial = ""
     for cde in SERIAL_REGISTERS:
         for reading in readings:
-            if reading.code.means(cde) and reading.raw.strip():
+            code = reading.code
+            # Any medium (A) is fine here: the serial is 0-0:C.1.0 on some meters.
+            if code.cde == cde and code.f in (None, 255) and reading.raw.strip():
                 serial = reading.raw.strip()
                 break
         if serial:
