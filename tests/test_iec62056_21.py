@@ -214,6 +214,18 @@ def test_receiver_nothing_but_noise_gives_nothing():
     assert receiver.result() is None
 
 
+def test_receiver_warns_once_about_a_parity_slash(caplog):
+    # "/ISK5..." read as 8N1 from a 7E1 line: "/" has five 1 bits, so even parity sets bit 8.
+    line = bytes(b | 0x80 if bin(b).count("1") % 2 else b for b in b"/ISK5ME162-0033\r\n")
+    assert line[0] == 0xAF
+    receiver = IdentificationReceiver()
+    with caplog.at_level(logging.WARNING, logger="iskra_me162.protocols.iec62056_21"):
+        receiver.feed(line)
+        receiver.feed(line)
+    assert receiver.result() is None
+    assert caplog.text.count("8th bit set") == 1
+
+
 def test_receiver_rejects_an_over_long_line_and_stays_failed():
     receiver = IdentificationReceiver()
     with pytest.raises(ProtocolError, match="longer than"):
@@ -600,6 +612,21 @@ def test_push_over_long_telegram_is_dropped_and_buffer_bounded():
     receiver = TelegramReceiver(max_size=500)
     receiver.feed(b"/KFM5KAIFA-METER\r\n\r\n" + b"1-0:1.8.1(1.0*kWh)\r\n" * 40)
     with pytest.raises(ProtocolError, match="longer than 500"):
+        receiver.next_telegram()
+    receiver.feed(dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
+    assert receiver.next_telegram().readings[0].value == 2
+
+
+def test_push_noise_with_a_slash_before_the_identification():
+    receiver = TelegramReceiver()
+    receiver.feed(b"\x7f/\x00/" + dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
+    assert receiver.next_telegram().identification.manufacturer == "KFM"
+
+
+def test_push_identification_without_line_end_is_dropped():
+    receiver = TelegramReceiver()
+    receiver.feed(b"/KFM5" + b"x" * MAX_IDENT_LINE)
+    with pytest.raises(ProtocolError, match="no identification line end"):
         receiver.next_telegram()
     receiver.feed(dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
     assert receiver.next_telegram().readings[0].value == 2

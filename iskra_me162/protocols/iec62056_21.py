@@ -169,19 +169,16 @@ def build_ack(identification: Identification, highspeed: bool) -> bytes:
     (see :func:`data_baudrate`); without it, or when the meter offers no mode C rate, ``Z`` is
     ``0`` and both sides stay at 300 Bd.
     """
-    baud_char = identification.baud_char if _switches(identification, highspeed) else "0"
+    switch = highspeed and identification.baudrate is not None
+    baud_char = identification.baud_char if switch else "0"
     return bytes((ACK, 0x30, ord(baud_char), 0x30, 0x0D, 0x0A))
 
 
 def data_baudrate(identification: Identification, highspeed: bool) -> int:
     """The baud rate to use after sending ``build_ack(identification, highspeed)``."""
-    if _switches(identification, highspeed):
-        return identification.baudrate  # type: ignore[return-value]  # checked by _switches
+    if highspeed and identification.baudrate is not None:
+        return identification.baudrate
     return INITIAL_BAUDRATE
-
-
-def _switches(identification: Identification, highspeed: bool) -> bool:
-    return highspeed and identification.baudrate is not None
 
 
 def parse_identification(line: bytes) -> Identification:
@@ -229,6 +226,7 @@ class IdentificationReceiver:
         self._error: ProtocolError | None = None
         self._trailing = bytearray()
         self._skipped = 0
+        self._parity_warned = False
 
     @property
     def trailing_data(self) -> bytes:
@@ -254,6 +252,16 @@ class IdentificationReceiver:
             self._error = exc
             raise
 
+    def _warn_if_parity(self, data: bytes) -> None:
+        # 0xAF is "/" with an even-parity bit: the usual first-setup mistake (port at 8N1
+        # without 7-bit masking) otherwise shows up only as "the meter does not answer".
+        if not self._parity_warned and b"\xaf" in data:
+            self._parity_warned = True
+            log.warning(
+                "received 0xAF, which is '/' with the 8th bit set: the port may read the 7E1 "
+                "line as 8N1; configure 7E1 or 7-bit masking"
+            )
+
     def _keep_trailing(self, data: bytes) -> None:
         if len(self._trailing) + len(data) > MAX_BLOCK_SIZE:
             raise ProtocolError(f"more than {MAX_BLOCK_SIZE} bytes after the identification")
@@ -267,6 +275,7 @@ class IdentificationReceiver:
                 slash = data.find(b"/", pos)
                 if slash < 0:
                     self._skipped += end - pos
+                    self._warn_if_parity(data)
                     return
                 self._skipped += slash - pos
                 self._line = bytearray()
