@@ -25,7 +25,7 @@ from iskra_me162.protocols.iec62056_21 import (
     parse_data_lines,
     parse_readout,
 )
-from tests.testdata import TESTDATA
+from tests.testdata import TESTDATA, require_testdata
 
 # No deadline: a loaded 2-core CI machine must not turn slowness into failures.
 FUZZ = settings(
@@ -174,6 +174,7 @@ def mutated_capture(draw):
 @FUZZ
 @given(mutated_capture(), st.lists(st.integers(min_value=0), max_size=8))
 def test_mutated_captures(data, cuts):
+    require_testdata()  # without the real captures only the synthetic seed would be mutated
     assert_only_our_errors(data, cuts)
 
 

@@ -426,7 +426,8 @@ class TelegramReceiver:
     bytes; :meth:`next_telegram` returns the next complete telegram, None when there is none
     yet, or raises ProtocolError / ChecksumError for one bad telegram, which it then drops:
     call it again to go on with the rest of the stream. A telegram longer than ``max_size`` is
-    dropped the same way, so the buffer stays bounded.
+    dropped the same way, so the buffer stays bounded as long as :meth:`next_telegram` is
+    called after every :meth:`feed` (until it returns None).
     """
 
     def __init__(self, max_size: int = MAX_BLOCK_SIZE) -> None:
