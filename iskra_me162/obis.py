@@ -21,7 +21,8 @@ _LETTER_GROUPS = {"C": 96, "F": 97, "L": 98, "P": 99}
 _OBIS_RE = re.compile(
     r"^(?:(?P<a>\d{1,3})-(?P<b>\d{1,3}):)?"
     r"(?P<c>\d{1,3}|[CFLP])\.(?P<d>\d{1,3}|[CFLP])(?:\.(?P<e>\d{1,3}|[CFLP]))?"
-    r"(?:[*&](?P<f>\d{1,3}))?$"
+    r"(?:[*&](?P<f>\d{1,3}))?$",
+    re.ASCII,  # \d must not accept non-ASCII digits
 )
 
 CURRENT_BILLING_PERIOD = 255  # F = 255 (or no F) is "now"; other F values are history
