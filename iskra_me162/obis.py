@@ -48,7 +48,7 @@ class ObisCode:
     @classmethod
     def parse(cls, text: str) -> ObisCode:
         """Parse ``1.8.0``, ``1-0:1.8.0*255``, ``C.1.0``, ``F.F`` ... or raise ProtocolError."""
-        match = _OBIS_RE.match(text)
+        match = _OBIS_RE.fullmatch(text)
         if match is None:
             raise ProtocolError(f"not an OBIS code: {text!r}")
         groups = match.groupdict()
