@@ -116,7 +116,7 @@ KEYS: dict[str, KeySpec] = {
     "domoticzusername": KeySpec(str, "", "Domoticz user for Basic auth; empty = no auth"),
     "domoticzpassword": KeySpec(str, "", "Domoticz password", secret=True),
     "device_index": KeySpec(
-        int, None, "Idx of the P1 Smart Meter (Electric) device", minimum=0, maximum=10**9
+        int, None, "Idx of the P1 Smart Meter (Electric) device", minimum=1, maximum=10**9
     ),
     "domoticz_ca_file": KeySpec(str, "", "CA certificate file for an https:// Domoticz"),
     "domoticz_verify_tls": KeySpec(bool, True, "verify the https:// certificate of Domoticz"),

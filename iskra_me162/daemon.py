@@ -80,12 +80,15 @@ def build_meter(config: Config, tick: Callable[[], None]) -> IecMeter:
 
 
 def build_sinks(config: Config) -> list[Sink]:
-    from iskra_me162.sinks.domoticz import DomoticzSink
-
-    state_path = config.state_file or None
+    # Power from counter deltas over a longer gap (meter unreadable for a while, daemon stopped)
+    # would be an average, not the live power Domoticz shows: re-base instead.
+    max_interval = 3.0 * config.update_interval
+    sinks: list[Sink] = []
     if config.domoticzserver:
+        from iskra_me162.sinks.domoticz import DomoticzSink
+
         assert config.device_index is not None  # the config parser guarantees it
-        return [
+        sinks.append(
             DomoticzSink(
                 server=config.domoticzserver,
                 device_index=config.device_index,
@@ -95,12 +98,15 @@ def build_sinks(config: Config) -> list[Sink]:
                 verify_tls=config.domoticz_verify_tls,
                 timeout=config.domoticz_timeout,
                 swap_tariffs=config.swap_tariffs,
-                state_path=state_path,
+                state_path=config.state_file or None,
+                max_interval_s=max_interval,
             )
-        ]
-    from iskra_me162.sinks.logonly import LogOnlySink
+        )
+    else:
+        from iskra_me162.sinks.logonly import LogOnlySink
 
-    return [LogOnlySink(swap_tariffs=config.swap_tariffs, state_path=state_path)]
+        sinks.append(LogOnlySink(swap_tariffs=config.swap_tariffs, max_interval_s=max_interval))
+    return sinks
 
 
 def status_line(readout: Readout) -> str:

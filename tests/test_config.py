@@ -119,7 +119,7 @@ def _error(text: str) -> ConfigError:
         ("protocol = \"dlms\"\n", 1, "must be one of"),
         ("serial_format = \"9X1\"\n", 1, "7E1 or 8N1"),
         ('domoticzserver = "host:8080"\n', 1, "device_index is required"),
-        ('\n\ndomoticzserver = "host:8080"\ndevice_index = -1\n', 4, "at least 0"),
+        ('\n\ndomoticzserver = "host:8080"\ndevice_index = 0\n', 4, "at least 1"),
         ('port = "unterminated\n', 1, "not a plain value"),
         ("just some words\n", 1, "expected 'key = value'"),
         ('domoticzserver = "h:1"\ndevice_index = 3\ndomoticzpassword = "x"\n', 3, "username"),
