@@ -1,0 +1,146 @@
+"""Simulator options as text (URL query, command line, control file) -> config and faults.
+
+One table of names serves all three, so ``sim://me162?echo=1&corrupt_every=3``, ``--echo
+--corrupt-every 3`` and a control file line ``corrupt_every = 3`` mean the same thing and are
+checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+from iskra_me162.errors import ConfigError
+from iskra_me162.simulator.model import Faults, MeterConfig
+from iskra_me162.simulator.profiles import profile_named
+
+_TRUE = {"", "1", "true", "yes", "on"}  # "" = bare flag, e.g. sim://me162?echo
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _int(text: str) -> int:
+    return int(text.strip(), 0)  # 0x7f works for noise_byte
+
+
+def _float(text: str) -> float:
+    value = float(text.strip())
+    if math.isnan(value):
+        raise ValueError("not a number")
+    return value
+
+
+def _wh_list(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+# name -> (which dataclass, field, parser)
+_CONFIG_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "serial": ("serial", str.strip),
+    "power": ("import_w", _int),
+    "export": ("export_w", _int),
+    "tariff": ("tariff", _int),
+    "import_wh": ("import_wh", _wh_list),
+    "export_wh": ("export_wh", _wh_list),
+    "baud_char": ("baud_char", str.strip),
+    "speedup": ("speedup", _float),
+    "reaction": ("reaction_time", _float),
+    "ack_timeout": ("ack_timeout", _float),
+}
+_FAULT_OPTIONS: dict[str, Callable[[str], object]] = {
+    "echo": _bool,
+    "noise": _int,
+    "noise_byte": _int,
+    "ignore_baud": _bool,
+    "corrupt_every": _int,
+    "bad_bcc_every": _int,
+    "truncate_every": _int,
+    "silent": _bool,
+    "lockout": _float,
+    "high_bit": _bool,
+}
+# What a running meter can change (a control file, PtyMeter.set_faults / set_power / set_tariff).
+RUNTIME_OPTIONS = frozenset({*_FAULT_OPTIONS, "power", "export", "tariff"})
+_RUNTIME_LIST = ", ".join(sorted(RUNTIME_OPTIONS))
+OPTION_NAMES = frozenset({"profile", *_CONFIG_OPTIONS, *_FAULT_OPTIONS})
+
+
+def _parse(name: str, parser: Callable[[str], object], text: str) -> object:
+    try:
+        return parser(text)
+    except ValueError as error:
+        raise ConfigError(f"simulator option {name}={text!r}: {error}") from None
+
+
+def parse_faults(options: Mapping[str, str], base: Faults | None = None) -> Faults:
+    """``base`` (default: no faults) with the fault options in ``options`` applied."""
+    changes = {}
+    for name, text in options.items():
+        if name not in _FAULT_OPTIONS:
+            raise ConfigError(f"unknown simulator fault option {name!r}")
+        changes[name] = _parse(name, _FAULT_OPTIONS[name], text)
+    return dataclasses.replace(base or Faults(), **changes)
+
+
+def parse_config(options: Mapping[str, str], profile: str = "me162") -> MeterConfig:
+    """A :class:`MeterConfig` from text options; ``options['profile']`` wins over ``profile``."""
+    config_changes: dict[str, object] = {}
+    fault_texts: dict[str, str] = {}
+    for name, text in options.items():
+        if name == "profile":
+            profile = text
+        elif name in _CONFIG_OPTIONS:
+            field, parser = _CONFIG_OPTIONS[name]
+            config_changes[field] = _parse(name, parser, text)
+        elif name in _FAULT_OPTIONS:
+            fault_texts[name] = text
+        else:
+            known = ", ".join(sorted(OPTION_NAMES))
+            raise ConfigError(f"unknown simulator option {name!r} (known: {known})")
+    return MeterConfig(
+        profile=profile_named(profile), faults=parse_faults(fault_texts), **config_changes
+    )  # type: ignore[arg-type]  # values were converted by the table's parsers
+
+
+def parse_control_text(text: str, path: str = "<control>") -> dict[str, str]:
+    """``name = value`` lines (``#`` comments, blank lines allowed) of a control file."""
+    options: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep:
+            value = ""  # a bare flag name means "on"
+        if name not in RUNTIME_OPTIONS:
+            raise ConfigError(
+                f"unknown option {name!r} (allowed at run time: {_RUNTIME_LIST})",
+                path=path,
+                line=number,
+            )
+        options[name] = value.strip()
+    return options
+
+
+def split_runtime(options: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """Separate fault options from power/tariff options."""
+    faults: dict[str, str] = {}
+    other: dict[str, str] = {}
+    for name, value in options:
+        (faults if name in _FAULT_OPTIONS else other)[name] = value
+    return faults, other
+
+
+def parse_runtime_value(name: str, text: str) -> int:
+    """Parse ``power``, ``export`` or ``tariff`` as given in a control file."""
+    return _parse(name, _int, text)  # type: ignore[return-value]
