@@ -1,0 +1,102 @@
+"""CRC-16 checks of SML: X-25 (the standard) and Kermit (some Holley meters), either byte order.
+
+Both CRCs use the reflected CCITT polynomial (0x8408); they differ only in the start value and
+the final XOR (X-25: 0xFFFF/0xFFFF, Kermit: 0x0000/0x0000). The standard stores the X-25 value
+low byte first. Holley meters were seen sending Kermit, high byte first; we accept every
+combination so that such meters work without configuration, and report which one matched.
+
+Speed: instead of a Python loop over a 256-entry table, the bytes are bit-reversed with one
+``bytes.translate`` (a precomputed 256-entry table, C speed) and fed to ``binascii.crc_hqx``,
+the MSB-first CCITT CRC in C. A reflected CRC over data equals the bit-reversed MSB-first CRC
+over bit-reversed data (start values 0x0000 and 0xFFFF are their own mirror image), so one
+pass gives the Kermit register and the X-25 register follows from linearity without a second
+pass. About 2 µs for a 500-byte frame instead of ~30 µs for a table loop.
+"""
+
+from __future__ import annotations
+
+from binascii import crc_hqx
+from collections.abc import Iterable
+from functools import lru_cache
+
+CRC_X25_LSB_FIRST = "x25/lsb-first"  # SML 1.04 as written: X-25, low byte first
+CRC_X25_MSB_FIRST = "x25/msb-first"
+CRC_KERMIT_LSB_FIRST = "kermit/lsb-first"
+CRC_KERMIT_MSB_FIRST = "kermit/msb-first"  # Holley (e.g. 0a01484c5902000159bb)
+
+# In the order they are tried: the standard first.
+CRC_VARIANTS: tuple[str, ...] = (
+    CRC_X25_LSB_FIRST,
+    CRC_KERMIT_MSB_FIRST,
+    CRC_X25_MSB_FIRST,
+    CRC_KERMIT_LSB_FIRST,
+)
+
+# _BIT_REVERSED[b] is b with its 8 bits in the opposite order.
+_BIT_REVERSED = bytes(int(f"{value:08b}"[::-1], 2) for value in range(256))
+
+
+def _reverse16(value: int) -> int:
+    return _BIT_REVERSED[value & 0xFF] << 8 | _BIT_REVERSED[value >> 8]
+
+
+def crc16_kermit(data: bytes | bytearray | memoryview) -> int:
+    """CRC-16/KERMIT register (check value of b"123456789" is 0x2189)."""
+    return _reverse16(crc_hqx(bytes(data).translate(_BIT_REVERSED), 0))
+
+
+@lru_cache(maxsize=64)
+def _x25_offset(length: int) -> int:
+    """What start value 0xFFFF and final XOR 0xFFFF add to the Kermit register of ``length``
+    bytes: the CRC is linear, so X-25(data) == Kermit(data) ^ _x25_offset(len(data)).
+
+    Cached because a meter sends frames of (nearly) the same length every time.
+    """
+    # Kermit's register over zero bytes stays 0, so only the start value 0xFFFF contributes.
+    return _reverse16(crc_hqx(bytes(length), 0xFFFF)) ^ 0xFFFF
+
+
+def crc16_x25(data: bytes | bytearray | memoryview) -> int:
+    """CRC-16/X-25 register (check value of b"123456789" is 0x906E)."""
+    return crc16_kermit(data) ^ _x25_offset(len(data))
+
+
+def _swap(value: int) -> int:
+    return (value & 0xFF) << 8 | value >> 8
+
+
+def crc_candidates(data: bytes | bytearray | memoryview) -> dict[str, int]:
+    """For every variant, the 16-bit number whose big-endian bytes the sender would transmit.
+
+    "lsb-first" variants are byte-swapped here, so comparing with
+    ``int.from_bytes(received_two_bytes, "big")`` works for all four.
+    """
+    kermit = crc16_kermit(data)
+    x25 = kermit ^ _x25_offset(len(data))
+    return {
+        CRC_X25_LSB_FIRST: _swap(x25),
+        CRC_KERMIT_MSB_FIRST: kermit,
+        CRC_X25_MSB_FIRST: x25,
+        CRC_KERMIT_LSB_FIRST: _swap(kermit),
+    }
+
+
+def crc_matches_any(data: bytes | bytearray | memoryview, received: int) -> bool:
+    """Whether ``received`` is the CRC of ``data`` under any variant (message CRCs)."""
+    kermit = crc16_kermit(data)
+    x25 = kermit ^ _x25_offset(len(data))
+    return received in (x25, kermit, _swap(x25), _swap(kermit))
+
+
+def match_crc(
+    data: bytes | bytearray | memoryview,
+    received: int,
+    variants: Iterable[str] = CRC_VARIANTS,
+) -> str | None:
+    """The first of ``variants`` under which ``received`` (the two CRC bytes read big-endian)
+    is the CRC of ``data``, or None when none matches."""
+    candidates = crc_candidates(data)
+    for variant in variants:
+        if candidates[variant] == received:
+            return variant
+    return None
