@@ -80,7 +80,7 @@ abort() {
     exit 1
 }
 run_clean() { env -i PATH="$CLEAN_PATH" HOME="$WORK/home" LC_ALL=C.UTF-8 "$@"; }
-is_installed() { dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep -q 'installed$'; }
+is_installed() { dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep -q ' installed$'; }
 has_package_state() { dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep -qv 'not-installed$'; }
 
 WORK=$(mktemp -d /tmp/iskra-me162-test-deb.XXXXXX)
@@ -124,7 +124,9 @@ mkdir "$SRC"
 if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     # Tracked and untracked files as they are in the work tree, without ignored build output.
     (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-        | while IFS= read -r -d '' f; do [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done \
+        | while IFS= read -r -d '' f; do
+            if [ -e "$f" ] || [ -L "$f" ]; then printf '%s\0' "$f"; fi # skip deleted files
+        done \
         | tar --null -T - -cf -) | tar -xf - -C "$SRC"
 else
     tar -C "$REPO" --exclude=.git --exclude=.venv --exclude=.pybuild -cf - . | tar -xf - -C "$SRC"
