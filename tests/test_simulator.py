@@ -23,7 +23,7 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iskra_me162.errors import ConfigError
+from iskra_me162.errors import ConfigError, PortError
 from iskra_me162.simulator import (
     MT174,
     SIMPLE,
@@ -258,18 +258,19 @@ def test_power_change_counts_the_time_before_it_at_the_old_power():
 def test_totals_are_exact_sums_and_no_energy_is_lost(steps):
     counters = EnergyCounters(0.0, import_wh=(500, 70), export_wh=(3, 0))
     now = 0
-    joules = 0
+    import_j = export_j = 0
     for seconds, import_w, export_w, tariff in steps:
-        counters.set_power(float(now), import_w, 0)
+        counters.set_power(float(now), import_w, export_w)
         counters.set_tariff(float(now), tariff)
         now += seconds
-        joules += import_w * seconds
-        del export_w
+        import_j += import_w * seconds
+        export_j += export_w * seconds
     registers = counters.snapshot(float(now))
-    assert registers.import_total_wh == sum(registers.import_wh)
-    assert registers.import_total_wh == 570 + joules // 3600
+    assert registers.import_total_wh == 570 + import_j // 3600
+    assert registers.export_total_wh == 3 + export_j // 3600
     lines = dict(MeterConfig().profile.data_lines("1", registers))
     assert wh(lines["1.8.0"]) == wh(lines["1.8.1"]) + wh(lines["1.8.2"])
+    assert wh(lines["2.8.0"]) == wh(lines["2.8.1"]) + wh(lines["2.8.2"])
 
 
 # --- the model: other profiles ---------------------------------------------------------------
@@ -699,7 +700,7 @@ def test_pty_refuses_to_replace_a_regular_file(tmp_path):
     target = tmp_path / "ttyMETER"
     target.write_text("precious")
     meter = PtyMeter(target, MeterConfig(speedup=INSTANT))
-    with pytest.raises(Exception, match="not a symlink"):
+    with pytest.raises(PortError, match="not a symlink"):
         meter.start()
     meter.stop()
     assert target.read_text() == "precious"

@@ -131,10 +131,10 @@ class EnergyCounters:
 
 
 def _check_power(watts: int) -> None:
-    if not 0 <= watts <= 10_000_000:
-        raise ConfigError(f"power must be 0..10000000 W, not {watts}")
+    if not isinstance(watts, int) or isinstance(watts, bool) or not 0 <= watts <= 10_000_000:
+        raise ConfigError(f"power must be a whole number 0..10000000 W, not {watts!r}")
 
 
 def _check_register(wh: int) -> None:
-    if not 0 <= wh < REGISTER_MODULUS:
+    if not isinstance(wh, int) or not 0 <= wh < REGISTER_MODULUS:
         raise ConfigError(f"register start value must be 0..{REGISTER_MODULUS - 1} Wh, not {wh}")
