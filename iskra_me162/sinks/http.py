@@ -21,8 +21,8 @@ service that runs unattended on a small machine and may face a hostile network:
 
 * one thread per connection, at most ``max_connections`` of them; when all are taken, the
   connection that has waited longest without completing its request is dropped for the new
-  one, so a flood of idle or slow connections can neither exhaust memory nor lock out Home
-  Assistant;
+  one (and while all are busy answering, new ones wait in the kernel's listen queue), so a
+  flood of idle or slow connections can neither exhaust memory nor lock out Home Assistant;
 * a connection gets ``request_timeout`` seconds in all (a client that sends one byte per
   second is cut off too, not only one that sends nothing), and its request head at most
   16 KiB;
@@ -347,41 +347,62 @@ class _Connections:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._open: dict[socket.socket, _Connection] = {}
+        self._stopping = False
 
-    def admit(self, sock: socket.socket, now: float) -> _Connection | None:
-        """Register a new connection, dropping the longest-waiting idle one if full.
+    def make_room(self, timeout: float) -> bool:
+        """Wait until one more connection fits; True when it does (accept it right away).
 
-        None when there is no room: every slot is busy answering, or so many dropped
-        connections have not yet ended that the thread count would exceed twice the limit.
+        When all ``limit`` slots are taken, the connection that has waited longest without
+        completing its request is shut down for the new one. Its thread ends moments later;
+        until then (so that there are never more than twice ``limit`` threads), and while every
+        slot is busy answering, new connections wait in the kernel's listen queue. False after
+        ``timeout`` seconds, so that the caller can check deadlines, or when stopping.
         """
-        with self._lock:
-            live = [conn for conn in self._open.values() if not conn.evicted]
-            if len(live) >= self.limit:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._stopping:
+                live = [conn for conn in self._open.values() if not conn.evicted]
                 idle = [conn for conn in live if conn.evictable]
-                if not idle:
-                    return None
-                self._evict(min(idle, key=lambda conn: conn.accepted))
-            if len(self._open) >= 2 * self.limit:
-                return None
+                if len(live) >= self.limit and idle:
+                    oldest = min(idle, key=lambda conn: conn.accepted)
+                    self._evict(oldest)
+                    live.remove(oldest)
+                if len(live) < self.limit and len(self._open) < 2 * self.limit:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return False
+
+    def add(self, sock: socket.socket, now: float) -> _Connection:
+        with self._changed:
             connection = _Connection(sock, now)
             self._open[sock] = connection
             return connection
 
     def set_evictable(self, sock: socket.socket, evictable: bool) -> None:
-        with self._lock:
+        with self._changed:
             connection = self._open.get(sock)
             if connection is not None:
                 connection.evictable = evictable
+                self._changed.notify_all()
 
     def release(self, connection: _Connection) -> None:
-        with self._lock:
+        with self._changed:
             self._open.pop(connection.sock, None)
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
 
     def reap(self, now: float, timeout: float) -> int:
         """Shut down the connections older than ``timeout`` seconds; return how many."""
-        with self._lock:
+        with self._changed:
             overdue = [
                 conn
                 for conn in self._open.values()
@@ -393,7 +414,7 @@ class _Connections:
 
     def shut_all(self) -> list[threading.Thread]:
         """Shut down every connection; return their threads, to be joined."""
-        with self._lock:
+        with self._changed:
             for connection in self._open.values():
                 if not connection.evicted:
                     self._evict(connection)
@@ -588,12 +609,15 @@ class _Server(ThreadingHTTPServer):
                 ready = selector.select(POLL_INTERVAL)
                 if self._stopping:
                     break
-                if any(key.fileobj is self.socket for key, _ in ready):
+                if any(key.fileobj is self.socket for key, _ in ready) and (
+                    self.connections.make_room(POLL_INTERVAL)
+                ):
                     self._accept()
                 self.service_actions()
 
     def stop(self) -> None:
         self._stopping = True
+        self.connections.stop()
         with contextlib.suppress(OSError):
             self._wake_writer.send(b"x")
 
@@ -617,27 +641,23 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:
-        # Runs in the serving thread: must never block on a client.
-        connection = self.connections.admit(request, time.monotonic())
-        if connection is not None:
-            connection.thread = threading.Thread(
-                target=self._serve_connection,
-                args=(request, client_address, connection),
-                name="http-client",
-                daemon=True,
-            )
-            try:
-                connection.thread.start()
-                return
-            except RuntimeError:  # the system cannot start another thread
-                self.connections.release(connection)
-        logger.debug("HTTP %s: refused, too many connections", client_address[0])
+        # Runs in the accept loop, after make_room(): must never block on a client.
+        connection = self.connections.add(request, time.monotonic())
+        connection.thread = threading.Thread(
+            target=self._serve_connection,
+            args=(request, client_address, connection),
+            name="http-client",
+            daemon=True,
+        )
         try:
-            request.setblocking(False)
-            request.send(_BUSY_RESPONSE)
-        except OSError:
-            pass
-        self.shutdown_request(request)
+            connection.thread.start()
+        except RuntimeError:  # the system cannot start another thread now
+            self.connections.release(connection)
+            logger.debug("HTTP %s: refused, cannot start a thread", client_address[0])
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(_BUSY_RESPONSE)
+            self.shutdown_request(request)
 
     def _serve_connection(
         self, request: socket.socket, client_address: tuple, connection: _Connection
