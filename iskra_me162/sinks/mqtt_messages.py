@@ -1,0 +1,510 @@
+"""What the MQTT sink publishes for a readout: topics, payloads and Home Assistant discovery.
+
+Pure functions and small value types, no network and no paho: the tests check every byte of
+what would be sent without a broker, and the sink (:mod:`iskra_me162.sinks.mqtt`) only moves
+these messages.
+
+Topics, with ``<prefix>`` = ``mqtt_topic_prefix`` and ``<meter id>`` =
+:attr:`~iskra_me162.readout.MeterIdentity.meter_id`:
+
+``<prefix>/<meter id>/state``
+    one JSON object per reading (see :func:`render_state`).
+``<prefix>/<meter id>/<register>``
+    one plain value per register, e.g. ``iskra-me162/63355730/1.8.0`` = ``7408.2524``
+    (see :func:`register_key` for the register names and :class:`Register` for the units).
+``<prefix>/<meter id>/availability``
+    ``online`` / ``offline``, retained; ``offline`` is also the connection's last will.
+``<discovery prefix>/sensor/<unique id>/config``
+    Home Assistant's MQTT discovery, one retained config per entity (see
+    :func:`discovery_configs`).
+
+Numbers are written as exact decimals (``7408.2524``, never ``7408.252399999999``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from iskra_me162.errors import ConfigError
+from iskra_me162.obis import CURRENT_BILLING_PERIOD, Reading
+from iskra_me162.readout import MeterIdentity, Readout
+
+log = logging.getLogger(__name__)
+
+AVAILABLE = "online"
+NOT_AVAILABLE = "offline"
+# Home Assistant announces itself here ("online") after it (re)started; its default, which
+# stays the same when the discovery prefix is changed in Home Assistant.
+HA_BIRTH_TOPIC = "homeassistant/status"
+UNIQUE_ID_PREFIX = "iskra_me162"
+ORIGIN_NAME = "iskra-me162"
+
+_TARIFFS = range(1, 10)  # x.8.1 .. x.8.9
+_KWH_PER_WH = Decimal("0.001")
+_ENERGY_TO_KWH = {"wh": Decimal("0.001"), "kwh": Decimal(1), "mwh": Decimal(1000)}
+_POWER_TO_W = {"w": Decimal(1), "kw": Decimal(1000), "mw": Decimal(1_000_000)}
+# Value group C of active power (import, export, |sum|, signed sum, per phase): a power
+# register without a unit is in kW on these, as readout.py assumes for 1.7.0/2.7.0.
+_ACTIVE_POWER_C = frozenset({1, 2, 15, 16, 21, 22, 36, 41, 42, 56, 61, 62, 76})
+_PHYSICAL_C = range(1, 96)  # 0 and 96..99 are abstract objects (serial numbers, status)
+_MANUFACTURERS = {
+    # FLAG ids (DLMS UA) of meters that users read with optical heads; others stay as sent.
+    "ACE": "Actaris",
+    "APA": "Apator",
+    "DZG": "DZG Metering",
+    "EBZ": "eBZ",
+    "EFR": "EFR",
+    "ELS": "Elster",
+    "EMH": "EMH metering",
+    "ESY": "EasyMeter",
+    "HAG": "Hager",
+    "HLY": "Holley",
+    "ISK": "Iskraemeco",
+    "ITF": "Itron",
+    "ITR": "Itron",
+    "KAM": "Kamstrup",
+    "KFM": "Kaifa",
+    "LGZ": "Landis+Gyr",
+    "ZPA": "ZPA Smart Energy",
+}
+_TOPIC_FORBIDDEN = re.compile(r"[+#\x00]")
+_UNSAFE_ID_CHARACTER = re.compile(r"[^A-Za-z0-9_-]")
+_CURRENT_SUFFIX = re.compile(r"[*&]255$")
+_DEFAULT_MEDIUM = re.compile(r"^[01]-0:")
+
+
+# --- configuration checks ----------------------------------------------------------------------
+
+
+def check_topic_prefix(value: str, key: str) -> str:
+    """``value`` if it can start MQTT topics we publish to, else ConfigError naming ``key``."""
+    if not value:
+        raise ConfigError(f"{key} is empty; write e.g. iskra-me162")
+    if value != value.strip():
+        raise ConfigError(f"{key} {value!r} starts or ends with white space")
+    if _TOPIC_FORBIDDEN.search(value):
+        raise ConfigError(
+            f"{key} {value!r} contains '+', '#' or NUL, which MQTT topics we publish cannot have"
+        )
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ConfigError(f"{key} {value!r} has an empty topic level (a '/' too many)")
+    if value.startswith("$"):
+        raise ConfigError(f"{key} {value!r} starts with '$', which brokers reserve")
+    if len(value.encode("utf-8", "surrogatepass")) > 1000:
+        raise ConfigError(f"{key} is longer than 1000 bytes")
+    return value
+
+
+# --- registers -------------------------------------------------------------------------------
+
+
+def register_key(reading: Reading) -> str:
+    """The topic name of a register: the OBIS code as the meter wrote it, shortened.
+
+    ``1-0:`` and ``0-0:`` (electricity / abstract, channel 0) and ``*255`` (the current value)
+    are left out, so ``1-0:1.8.0*255`` (SML, most IEC meters) and ``1.8.0`` (ME162) both
+    become ``1.8.0``, and ``0-0:C.1.0*255`` becomes ``C.1.0``. Historic values keep their
+    billing period: ``1-0:1.8.0*07`` becomes ``1.8.0*07``.
+    """
+    text = reading.code.text or str(reading.code)
+    text = _DEFAULT_MEDIUM.sub("", text)
+    text = _CURRENT_SUFFIX.sub("", text)
+    return text.replace("&", "*")
+
+
+@dataclass(frozen=True)
+class Register:
+    """One register as published: energy in kWh, power in W, other numbers as the meter sent
+    them (``unit`` as sent, None without one); text registers (serial numbers, status words)
+    have ``value`` None and their text in ``text``.
+
+    ``is_total`` marks a current energy counter, which is never published lower than before.
+    """
+
+    key: str
+    obis: str
+    value: Decimal | None
+    unit: str | None
+    text: str | None
+    is_total: bool
+
+
+def normalize(reading: Reading) -> Register:
+    code = reading.code
+    obis = code.text or str(code)
+    key = register_key(reading)
+    if reading.value is None:
+        return Register(key, obis, None, None, reading.raw.strip(), False)
+    unit = (reading.unit or "").lower()
+    unitless = unit == ""
+    current = code.f in (None, CURRENT_BILLING_PERIOD) and code.a in (None, 1)
+    if unit in _ENERGY_TO_KWH or (unitless and code.d == 8 and code.c in _PHYSICAL_C):
+        # Without a unit an energy register is in kWh (the convention of readout.py).
+        kwh = reading.value * _ENERGY_TO_KWH.get(unit, Decimal(1))
+        return Register(key, obis, kwh, "kWh", None, current)
+    if unit in _POWER_TO_W or (unitless and code.d == 7 and code.c in _ACTIVE_POWER_C):
+        watts = reading.value * _POWER_TO_W.get(unit, Decimal(1000))
+        return Register(key, obis, watts, "W", None, False)
+    return Register(key, obis, reading.value, reading.unit or None, None, False)
+
+
+def registers_of(readout: Readout) -> list[Register]:
+    """Every register of the readout, normalized; the first of two with the same key wins."""
+    seen: dict[str, Register] = {}
+    for reading in readout.readings:
+        register = normalize(reading)
+        if register.key in seen:
+            log.debug(
+                "register %s repeats %s; only the first is published",
+                register.obis,
+                seen[register.key].obis,
+            )
+            continue
+        seen[register.key] = register
+    return list(seen.values())
+
+
+# --- Home Assistant entities -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A Home Assistant sensor fed from the state JSON's ``field``."""
+
+    key: str  # unique id suffix: import, import_t1, export_t2, power
+    name: str
+    field: str  # key in the state JSON: import_kwh, import_t1_kwh, power_w
+    unit: str
+    device_class: str
+    state_class: str
+
+    @property
+    def is_total(self) -> bool:
+        return self.state_class == "total_increasing"
+
+
+def _energy_entity(direction: str, tariff: int | None) -> Entity:
+    key = direction if tariff is None else f"{direction}_t{tariff}"
+    name = direction.capitalize() + ("" if tariff is None else f" tariff {tariff}")
+    return Entity(key, name, f"{key}_kwh", "kWh", "energy", "total_increasing")
+
+
+POWER = Entity("power", "Power", "power_w", "W", "power", "measurement")
+
+
+def entity_values(readout: Readout) -> dict[Entity, Decimal]:
+    """The Home Assistant values the readout has, in kWh and W; absent entities left out.
+
+    Per direction (import 1.8.x, export 2.8.x): the total (x.8.0, or the sum of the tariff
+    registers when the meter sends no total) and each tariff register it sends. Power is the
+    signed sum 16.7.0 (positive when importing), else 1.7.0 - 2.7.0 with what is there.
+    """
+    values: dict[Entity, Decimal] = {}
+    for direction, c in (("import", 1), ("export", 2)):
+        tariffs = {
+            tariff: wh
+            for tariff in _TARIFFS
+            if (wh := readout.energy_wh(f"{c}.8.{tariff}")) is not None
+        }
+        total = readout.energy_wh(f"{c}.8.0")
+        if total is None and tariffs:
+            total = sum(tariffs.values(), Decimal(0))
+        if total is not None:
+            values[_energy_entity(direction, None)] = total * _KWH_PER_WH
+        for tariff, wh in tariffs.items():
+            values[_energy_entity(direction, tariff)] = wh * _KWH_PER_WH
+    power = readout.power_w("16.7.0")
+    if power is None:
+        importing = readout.power_w("1.7.0")
+        exporting = readout.power_w("2.7.0")
+        if importing is not None or exporting is not None:
+            power = (importing or Decimal(0)) - (exporting or Decimal(0))
+    if power is not None:
+        values[POWER] = power
+    return values
+
+
+# --- never a lower total -----------------------------------------------------------------------
+
+
+class TotalsGuard:
+    """The last published value of every total of one meter, to never publish a lower one.
+
+    Home Assistant books a lower ``total_increasing`` value as a new meter cycle, so one bad
+    value would double the energy of the day. A lower (or negative) total is held back and
+    logged once; the previous value stays published until the meter exceeds it again.
+    In memory only: see docs/mqtt.rst for what a restart means.
+    """
+
+    def __init__(self, meter_id: str) -> None:
+        self.meter_id = meter_id
+        self._last: dict[str, Decimal] = {}
+        self._holding: set[str] = set()
+
+    def last(self, name: str) -> Decimal | None:
+        return self._last.get(name)
+
+    def allows(self, name: str, value: Decimal) -> bool:
+        """Whether ``value`` may be published for the total ``name`` (logs a hold-back)."""
+        last = self._last.get(name)
+        if value >= 0 and (last is None or value >= last):
+            if name in self._holding:
+                self._holding.discard(name)
+                log.info(
+                    "meter %s: %s is back at %s, published again",
+                    self.meter_id,
+                    name,
+                    number_text(value),
+                )
+            return True
+        if name not in self._holding:
+            self._holding.add(name)
+            before = "nothing" if last is None else number_text(last)
+            log.warning(
+                "meter %s: %s fell from %s to %s; held back (Home Assistant would count a lower "
+                "total as a new meter), the last value stays published",
+                self.meter_id,
+                name,
+                before,
+                number_text(value),
+            )
+        else:
+            log.debug("meter %s: %s still held back at %s", self.meter_id, name, number_text(value))
+        return False
+
+    def record(self, totals: Iterable[tuple[str, Decimal]]) -> None:
+        """Remember totals that were handed to the broker connection."""
+        for name, value in totals:
+            last = self._last.get(name)
+            if last is None or value > last:
+                self._last[name] = value
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message; ``totals`` are the (name, value) totals it publishes, for the guard."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    totals: tuple[tuple[str, Decimal], ...] = ()
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one meter."""
+
+    prefix: str
+    meter_id: str
+    discovery_prefix: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.meter_id}"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def availability(self) -> str:
+        return f"{self.base}/availability"
+
+    def register(self, key: str) -> str:
+        return f"{self.base}/{key}"
+
+    def discovery(self, unique_id: str) -> str:
+        return f"{self.discovery_prefix}/sensor/{unique_id}/config"
+
+
+@dataclass
+class StateRender:
+    """The messages for one readout and what they held back."""
+
+    messages: list[Message] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)
+
+
+def render_state(
+    readout: Readout,
+    topics: Topics,
+    guard: TotalsGuard,
+    announced: Iterable[Entity],
+    retain: bool,
+) -> StateRender:
+    """The state JSON and the plain register topics for ``readout``.
+
+    The JSON holds the meter, the time of the reading (UTC), one field per Home Assistant
+    entity (``import_kwh``, ``import_t1_kwh``, ..., ``power_w``) and ``registers``: every
+    register by its key with ``obis`` (as the meter wrote it) and either ``value`` and ``unit``
+    or ``text``. ``held_back`` lists totals not published this time. An entity announced
+    earlier but missing from this readout keeps its last total, or null for power, so that
+    Home Assistant's templates always find their field.
+    """
+    result = StateRender()
+    identity = readout.identity
+    document: dict[str, object] = {
+        "time": _iso_utc(readout.wall_time),
+        "meter": {
+            "id": identity.meter_id,
+            "manufacturer": identity.manufacturer,
+            "model": identity.model,
+            "serial": identity.serial,
+        },
+    }
+    state_totals: list[tuple[str, Decimal]] = []
+    values = entity_values(readout)
+    for entity in _ordered({*values, *announced}):
+        value = values.get(entity)
+        if entity.is_total:
+            if value is not None and guard.allows(entity.field, value):
+                state_totals.append((entity.field, value))
+            else:
+                if value is not None:
+                    result.held_back.append(entity.field)
+                value = guard.last(entity.field)
+                if value is None:
+                    continue
+        document[entity.field] = value
+    registers: dict[str, object] = {}
+    for register in registers_of(readout):
+        totals: tuple[tuple[str, Decimal], ...] = ()
+        if register.value is None:
+            registers[register.key] = {"obis": register.obis, "text": register.text}
+            payload = register.text or ""
+        else:
+            if register.is_total:
+                if not guard.allows(register.key, register.value):
+                    result.held_back.append(register.key)
+                    continue
+                totals = ((register.key, register.value),)
+                state_totals.extend(totals)
+            registers[register.key] = {
+                "obis": register.obis,
+                "value": register.value,
+                "unit": register.unit,
+            }
+            payload = number_text(register.value)
+        result.messages.append(
+            Message(topics.register(register.key), payload.encode(), retain, totals)
+        )
+    document["registers"] = registers
+    document["held_back"] = result.held_back
+    state = Message(topics.state, to_json(document).encode(), retain, tuple(state_totals))
+    result.messages.insert(0, state)
+    return result
+
+
+def discovery_configs(
+    identity: MeterIdentity,
+    entities: Iterable[Entity],
+    topics: Topics,
+    sw_version: str,
+) -> dict[str, bytes]:
+    """Home Assistant discovery configs (topic -> JSON) for the entities of one meter.
+
+    Fields are those of Home Assistant's MQTT sensor: name, unique_id, state_topic,
+    value_template, unit_of_measurement, device_class, state_class, availability_topic,
+    payload_available, payload_not_available, qos, device (identifiers, manufacturer, model,
+    name, serial_number) and origin. Published retained, so Home Assistant finds them after
+    its own restart too.
+    """
+    device = device_info(identity)
+    configs: dict[str, bytes] = {}
+    for entity in _ordered(entities):
+        unique_id = f"{UNIQUE_ID_PREFIX}_{safe_id(identity.meter_id)}_{entity.key}"
+        config: dict[str, object] = {
+            "name": entity.name,
+            "unique_id": unique_id,
+            "state_topic": topics.state,
+            "value_template": "{{ value_json." + entity.field + " }}",
+            "unit_of_measurement": entity.unit,
+            "device_class": entity.device_class,
+            "state_class": entity.state_class,
+            "availability_topic": topics.availability,
+            "payload_available": AVAILABLE,
+            "payload_not_available": NOT_AVAILABLE,
+            "qos": 1,
+            "device": device,
+            "origin": {"name": ORIGIN_NAME, "sw_version": sw_version},
+        }
+        configs[topics.discovery(unique_id)] = to_json(config).encode()
+    return configs
+
+
+def device_info(identity: MeterIdentity) -> dict[str, object]:
+    """Home Assistant's device of a meter: one per meter id (the serial when it sends one)."""
+    flag = identity.manufacturer.strip()
+    manufacturer = _MANUFACTURERS.get(flag.upper(), flag)
+    model = identity.model.strip()
+    label = " ".join(part for part in (manufacturer or "Electricity meter", model) if part)
+    device: dict[str, object] = {
+        "identifiers": [f"{UNIQUE_ID_PREFIX}_{safe_id(identity.meter_id)}"],
+        "name": f"{label} {identity.meter_id}",
+    }
+    if manufacturer:
+        device["manufacturer"] = manufacturer
+    if model:
+        device["model"] = model
+    if identity.serial:
+        device["serial_number"] = identity.serial
+    return device
+
+
+def safe_id(text: str) -> str:
+    """``text`` with every character outside ``[A-Za-z0-9_-]`` replaced by ``_``, as Home
+    Assistant requires in a discovery topic's object id."""
+    return _UNSAFE_ID_CHARACTER.sub("_", text) or "meter"
+
+
+def _ordered(entities: Iterable[Entity]) -> list[Entity]:
+    """Import before export, totals before tariffs, power last: stable JSON for stable payloads."""
+
+    def rank(entity: Entity) -> tuple[int, str]:
+        for group, prefix in enumerate(("import", "export")):
+            if entity.key.startswith(prefix):
+                return group, entity.key
+        return 2, entity.key
+
+    return sorted(set(entities), key=rank)
+
+
+# --- JSON with exact numbers ------------------------------------------------------------------
+
+
+def number_text(value: Decimal) -> str:
+    """An exact decimal as text: no exponent, no trailing zeros, ``0`` for any zero."""
+    if not value.is_finite():
+        return "null"
+    if value == 0:
+        return "0"
+    return format(value.normalize(), "f")
+
+
+def to_json(value: object) -> str:
+    """JSON for dicts, lists, strings, Decimals, ints, bools and None; Decimals stay exact."""
+    if isinstance(value, Mapping):
+        members = (f"{json.dumps(str(key))}:{to_json(item)}" for key, item in value.items())
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(to_json(item) for item in value) + "]"
+    if isinstance(value, Decimal):
+        return number_text(value)
+    if value is None or isinstance(value, bool | int | str):
+        return json.dumps(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _iso_utc(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
