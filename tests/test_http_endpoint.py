@@ -687,7 +687,7 @@ def test_ipv6_loopback():
         assert fetch(endpoint, "/healthz").status == 200
 
 
-def test_requests_are_logged_at_debug_only_and_escaped(endpoint, caplog, capfd):
+def test_requests_are_logged_at_debug_only_and_escaped(endpoint, caplog, capsys):
     caplog.set_level(logging.DEBUG, logger="iskra_me162.sinks.http")
     endpoint.publish(me162())
     fetch(endpoint, "/healthz")
@@ -698,7 +698,7 @@ def test_requests_are_logged_at_debug_only_and_escaped(endpoint, caplog, capfd):
     assert all(record.levelno == logging.DEBUG for record in records)
     assert not any("\x1b" in record.getMessage() for record in records)
     assert any("\\x1b[31mred" in record.getMessage() for record in records)
-    assert capfd.readouterr().err == ""  # nothing written to stderr behind logging's back
+    assert capsys.readouterr().err == ""  # nothing written to sys.stderr behind logging's back
 
 
 # --- the documentation's Home Assistant configuration ----------------------------------------
