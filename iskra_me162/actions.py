@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from iskra_me162.config import KEYS, Config
+from iskra_me162.daemon import status_line
 from iskra_me162.errors import IskraError, SinkError
 from iskra_me162.readout import Readout
 
@@ -42,22 +44,43 @@ def format_table(readout: Readout) -> str:
     return "\n".join(lines)
 
 
+SECOND_READOUT_DELAY = 10.0  # seconds; one Wh in 10 s is 360 W, fine for a one-shot check
+
+
 def read_once(config: Config, dry_run: bool) -> int:
-    """One readout; print it and the Domoticz svalue; push it unless ``dry_run``."""
+    """One readout; print it and the Domoticz svalue; push it unless ``dry_run``.
+
+    A meter without power registers (the ME162) needs two readouts for a power figure. When no
+    state file from a running daemon provides the first, a second readout is taken after
+    :data:`SECOND_READOUT_DELAY` seconds rather than sending an invented power.
+    """
     from iskra_me162.daemon import build_meter, build_sinks
 
     meter = build_meter(config, tick=lambda: None)
+    sinks = build_sinks(config)
     try:
         readout = meter.read()
+        print(format_table(readout))
+        print()
+        if any(_preview(sink, readout) is None for sink in sinks):
+            print(
+                "power needs a second readout (no power register, no usable state file): "
+                f"reading again in {SECOND_READOUT_DELAY:g} s"
+            )
+            for sink in sinks:
+                sink.observe(readout)  # type: ignore[attr-defined]
+            time.sleep(SECOND_READOUT_DELAY)
+            readout = meter.read()
+            print(status_line(readout))
     except IskraError as error:
         print(f"iskra-me162: readout failed: {error}", file=sys.stderr)
+        for sink in sinks:
+            sink.close()
         return 1
     finally:
         meter.close()
-    print(format_table(readout))
-    print()
     status = 0
-    for sink in build_sinks(config):
+    for sink in sinks:
         try:
             if dry_run or not config.domoticzserver:
                 values = sink.preview(readout)  # type: ignore[attr-defined]
@@ -68,14 +91,19 @@ def read_once(config: Config, dry_run: bool) -> int:
         except SinkError as error:
             print(f"{sink.name}: {error}", file=sys.stderr)
             status = 1
-            values, verb = None, ""
+            continue
         finally:
             sink.close()
-        if values is not None:
+        if values is None:
+            print(f"{sink.name}: nothing to send: no power figure", file=sys.stderr)
+            status = 1
+        else:
             print(f"{sink.name}: {verb} svalue={values.svalue}")  # type: ignore[attr-defined]
-        elif status == 0:
-            print(
-                f"{sink.name}: nothing to send yet: power needs a second readout "
-                "(no usable state file from an earlier run)"
-            )
     return status
+
+
+def _preview(sink: object, readout: Readout) -> object:
+    try:
+        return sink.preview(readout)  # type: ignore[attr-defined]
+    except SinkError:
+        return True  # an unusable readout: reported when it is pushed, no second readout helps

@@ -80,9 +80,11 @@ def build_meter(config: Config, tick: Callable[[], None]) -> IecMeter:
 
 
 def build_sinks(config: Config) -> list[Sink]:
-    # Power from counter deltas over a longer gap (meter unreadable for a while, daemon stopped)
-    # would be an average, not the live power Domoticz shows: re-base instead.
-    max_interval = 3.0 * config.update_interval
+    # Power from counter deltas over a long gap (meter unreadable for a while, daemon stopped)
+    # would be a long average rather than the live power Domoticz shows: re-base instead. Up to
+    # 15 minutes (or 10 cycles) an average is still a plausible figure, and readouts that fail
+    # now and then must not stop the pushes altogether.
+    max_interval = max(10.0 * config.update_interval, 900.0)
     sinks: list[Sink] = []
     if config.domoticzserver:
         from iskra_me162.sinks.domoticz import DomoticzSink

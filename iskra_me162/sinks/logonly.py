@@ -29,6 +29,10 @@ class LogOnlySink:
     def preview(self, readout: Readout) -> P1Values | None:
         return self._p1.preview(readout)
 
+    def observe(self, readout: Readout) -> None:
+        """Take a readout as the power baseline without logging a would-be update."""
+        self._p1.use(readout)
+
     def publish(self, readout: Readout) -> P1Values | None:
         values = self._p1.use(readout)
         if values is None:
