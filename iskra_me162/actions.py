@@ -54,10 +54,11 @@ def read_once(config: Config, dry_run: bool) -> int:
     state file from a running daemon provides the first, a second readout is taken after
     :data:`SECOND_READOUT_DELAY` seconds rather than sending an invented power.
     """
-    from iskra_me162.daemon import build_meter, build_sinks
+    from iskra_me162.daemon import build_meter, build_sink
 
     meter = build_meter(config, tick=lambda: None)
-    sinks = build_sinks(config)
+    # Only the P1 sinks: an HTTP endpoint or a broker has nothing to show for one readout.
+    sinks = [sink for name in ("domoticz", "log") if (sink := build_sink(name, config))]
     try:
         readout = meter.read()
         print(format_table(readout))

@@ -79,35 +79,94 @@ def build_meter(config: Config, tick: Callable[[], None]) -> IecMeter:
     return IecMeter(port, config.use_highspeed, config.baud_switch_delay)
 
 
-def build_sinks(config: Config) -> list[Sink]:
+# Per sink: the config keys it is built from. On SIGHUP a sink whose keys did not change is
+# kept as it is (the HTTP endpoint keeps its socket and latest reading, Domoticz its power
+# baseline); any other is closed and built anew.
+SINK_KEYS: dict[str, tuple[str, ...]] = {
+    "domoticz": (
+        "domoticzserver",
+        "device_index",
+        "domoticzusername",
+        "domoticzpassword",
+        "domoticz_ca_file",
+        "domoticz_verify_tls",
+        "domoticz_timeout",
+        "swap_tariffs",
+        "state_file",
+        "update_interval",
+    ),
+    "log": ("domoticzserver", "swap_tariffs", "update_interval"),
+    "http": ("http_listen", "http_stale_after", "update_interval"),
+}
+
+
+def build_sink(name: str, config: Config) -> Sink | None:
+    """The sink ``name`` as ``config`` describes it, or None when it is switched off."""
     # Power from counter deltas over a long gap (meter unreadable for a while, daemon stopped)
     # would be a long average rather than the live power Domoticz shows: re-base instead. Up to
     # 15 minutes (or 10 cycles) an average is still a plausible figure, and readouts that fail
     # now and then must not stop the pushes altogether.
     max_interval = max(10.0 * config.update_interval, 900.0)
-    sinks: list[Sink] = []
-    if config.domoticzserver:
+    if name == "domoticz" and config.domoticzserver:
         from iskra_me162.sinks.domoticz import DomoticzSink
 
         assert config.device_index is not None  # the config parser guarantees it
-        sinks.append(
-            DomoticzSink(
-                server=config.domoticzserver,
-                device_index=config.device_index,
-                username=config.domoticzusername,
-                password=config.domoticzpassword,
-                ca_file=config.domoticz_ca_file,
-                verify_tls=config.domoticz_verify_tls,
-                timeout=config.domoticz_timeout,
-                swap_tariffs=config.swap_tariffs,
-                state_path=config.state_file or None,
-                max_interval_s=max_interval,
-            )
+        return DomoticzSink(
+            server=config.domoticzserver,
+            device_index=config.device_index,
+            username=config.domoticzusername,
+            password=config.domoticzpassword,
+            ca_file=config.domoticz_ca_file,
+            verify_tls=config.domoticz_verify_tls,
+            timeout=config.domoticz_timeout,
+            swap_tariffs=config.swap_tariffs,
+            state_path=config.state_file or None,
+            max_interval_s=max_interval,
         )
-    else:
+    if name == "log" and not config.domoticzserver:
         from iskra_me162.sinks.logonly import LogOnlySink
 
-        sinks.append(LogOnlySink(swap_tariffs=config.swap_tariffs, max_interval_s=max_interval))
+        return LogOnlySink(swap_tariffs=config.swap_tariffs, max_interval_s=max_interval)
+    if name == "http" and config.http_listen:
+        from iskra_me162.sinks.http import HttpEndpoint
+
+        endpoint = HttpEndpoint(config.http_listen, config.stale_after)
+        endpoint.start()  # SinkError when the address cannot be bound
+        return endpoint
+    return None
+
+
+def build_sinks(
+    config: Config, keep: dict[str, Sink] | None = None, old: Config | None = None
+) -> list[Sink]:
+    """All sinks ``config`` switches on; reuses those in ``keep`` whose settings are unchanged.
+
+    Without ``keep`` (start-up) a sink that cannot start raises SinkError: better to stop with
+    a clear message than to run half-configured. On reload it is logged and left out.
+    """
+    sinks: list[Sink] = []
+    keep = dict(keep or {})
+    for name, keys in SINK_KEYS.items():
+        current = keep.pop(name, None)
+        unchanged = old is not None and all(getattr(old, k) == getattr(config, k) for k in keys)
+        if current is not None and unchanged:
+            sinks.append(current)
+            continue
+        if current is not None:
+            current.close()  # before building the new one: it may need the same port
+        try:
+            sink = build_sink(name, config)
+        except SinkError as error:
+            if old is None:
+                for started in sinks:
+                    started.close()
+                raise
+            log.error("%s: %s; running without it until the next reload", name, error)
+            continue
+        if sink is not None:
+            sinks.append(sink)
+    for leftover in keep.values():
+        leftover.close()
     return sinks
 
 
@@ -303,9 +362,7 @@ class Daemon:
         if any(getattr(old, key) != getattr(new, key) for key in meter_keys):
             self.meter.close()
             self.meter = build_meter(new, self._tick)
-        for sink in self.sinks:
-            sink.close()
-        self.sinks = build_sinks(new)
+        self.sinks = build_sinks(new, {sink.name: sink for sink in self.sinks}, old)
         log.warning("configuration reloaded from %s", new.path)
         self.notifier.send("READY=1")
 
