@@ -28,6 +28,8 @@ DEFAULT_STATE_FILE = "/run/iskra-me162/state"
 # The 2016 script's default; /var/run is root's and the service user cannot write there.
 LEGACY_STATE_FILE = "/var/run/me162-state"
 PROTOCOLS = ("iec62056-21",)
+# pyserial URL handlers that make sense for an IR head (sim:// is our simulator).
+PORT_URL_SCHEMES = ("rfc2217", "socket", "sim")
 LOCKOUT_WARNING_INTERVAL = 60  # below this some meters refuse new sessions (they lock out)
 
 Value = str | int | float | bool
@@ -65,8 +67,27 @@ def _check_listen(value: str) -> str | None:
     return None
 
 
-def _check_nonempty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
+def _check_port(value: str) -> str | None:
+    """A device path is checked when it is opened (it may appear later: USB); a URL now."""
+    if not value.strip():
+        return "must not be empty"
+    if "://" not in value:
+        return None
+    if value.startswith("sim://"):
+        from iskra_me162.urlhandler.protocol_sim import parse_url
+
+        try:
+            parse_url(value)
+        except ConfigError as error:
+            return f"is not a valid simulator URL: {error.message}"
+        return None
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in PORT_URL_SCHEMES:
+        return (
+            f"URL scheme {scheme!r} is not supported; use a device path, "
+            + ", ".join(f"{known}://" for known in PORT_URL_SCHEMES)
+        )
+    return None
 
 
 KEYS: dict[str, KeySpec] = {
@@ -76,7 +97,7 @@ KEYS: dict[str, KeySpec] = {
         str,
         "/dev/ttyUSB0",
         "serial device of the IR head, or a pyserial URL (rfc2217://host:port, socket://host:port)",
-        check=_check_nonempty,
+        check=_check_port,
     ),
     "serial_format": KeySpec(
         str,

@@ -121,6 +121,8 @@ def _error(text: str) -> ConfigError:
         ('domoticzserver = "host:8080"\n', 1, "device_index is required"),
         ('\n\ndomoticzserver = "host:8080"\ndevice_index = 0\n', 4, "at least 1"),
         ('port = "unterminated\n', 1, "not a plain value"),
+        ('port = "sim://me162?speedup=fast"\n', 1, "not a valid simulator URL"),
+        ('port = "http://head.local/"\n', 1, "scheme 'http' is not supported"),
         ("just some words\n", 1, "expected 'key = value'"),
         ('domoticzserver = "h:1"\ndevice_index = 3\ndomoticzpassword = "x"\n', 3, "username"),
     ],
