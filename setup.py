@@ -20,7 +20,7 @@ setup(
     license="GPL-3.0-or-later",
     url="https://github.com/iskra-me162/iskra-me162",
     packages=find_packages(include=["iskra_me162", "iskra_me162.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=["pyserial>=3.4", "requests>=2.25", "python-daemon>=2.2"],
     entry_points={"console_scripts": ["iskra-me162 = iskra_me162.cli:main"]},
     classifiers=[

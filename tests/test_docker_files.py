@@ -35,7 +35,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 INSTALL = ROOT / "docker" / "install.sh"
 CONTAINER_CONFIG = ROOT / "docker" / "iskra-me162.conf"
-DOCS = ROOT / "docs" / "home-assistant.rst"
+DOCS = ROOT / "README.rst"  # section "Home Assistant"
 CONFIG_PATH = "/etc/default/iskra-me162"
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 # setup.py's install_requires (PyPI names) -> the Debian packages that provide them.

@@ -37,7 +37,7 @@ from iskra_me162.sinks.http import (
 )
 from tests.testdata import expected, require_testdata
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "home-assistant.rst"
+DOCS = Path(__file__).resolve().parent.parent / "README.rst"  # section "Home Assistant"
 ME162 = MeterIdentity("ISK", "ME162-0033", "63355730")
 WALL = datetime(2026, 5, 1, 12, 0, 3, 250_000, tzinfo=UTC)
 
@@ -705,7 +705,7 @@ def test_requests_are_logged_at_debug_only_and_escaped(endpoint, caplog, capsys)
 
 
 def code_blocks(language: str) -> list[str]:
-    """The ``.. code-block:: <language>`` blocks of docs/home-assistant.rst, dedented."""
+    """The ``.. code-block:: <language>`` blocks of README.rst, dedented."""
     lines = DOCS.read_text(encoding="utf-8").splitlines()
     blocks = []
     for number, line in enumerate(lines):
@@ -730,7 +730,7 @@ def rest_config(path: str) -> dict:
         for entry in yaml.safe_load(block)["rest"]:
             if entry["resource"].endswith(path):
                 return entry
-    raise AssertionError(f"docs/home-assistant.rst has no rest: block for {path}")
+    raise AssertionError(f"README.rst has no rest: block for {path}")
 
 
 def render(template: str, body: bytes) -> str:
