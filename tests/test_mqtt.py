@@ -695,6 +695,25 @@ def test_close_publishes_offline(broker, observers, sinks):
     late.wait_for_message(topics.availability, accept=lambda m: m.retain and m.text == "offline")
 
 
+def test_close_while_connecting_never_leaves_the_meter_online(tls_broker, observers, sinks):
+    # close() right after the first publish races with the connection being accepted (TLS
+    # makes the connection take long enough to land in it); either way the availability must
+    # not end "online", and close() must not wait for paho's back-off.
+    assert tls_broker.tls is not None
+    ca_file = str(tls_broker.tls.ca_cert)
+    for attempt in range(20):
+        identity = MeterIdentity("ISK", "ME162-0033", f"race{attempt}")
+        sink = sinks(tls_broker, tls=True, ca_file=ca_file, first_connect_wait=0.0)
+        sink.publish(simple_readout("1.5", identity=identity))
+        time.sleep(attempt * 0.001)
+        started = time.monotonic()
+        sink.close()
+        assert time.monotonic() - started < 3.0
+    late = observers(tls_broker, topics=("iskra-me162/+/availability",))
+    time.sleep(0.5)
+    assert [m.topic for m in late.messages if m.text == "online"] == []
+
+
 def test_last_will_marks_the_meter_offline_when_the_process_dies(broker, observers):
     observer = observers(broker)
     script = textwrap.dedent(

@@ -334,7 +334,9 @@ class _Session:
             deadline = time.monotonic() + CLOSE_WAIT
             while not mqtt_client.acknowledged(info) and time.monotonic() < deadline:
                 time.sleep(0.02)
-            self._client.disconnect()
+        # Also when not connected: it ends a connection attempt in progress and paho's
+        # back-off wait, so that loop_stop() returns at once.
+        self._client.disconnect()
         self._client.loop_stop()
         log.info("MQTT connection to %s closed", self._settings.where)
 
@@ -406,17 +408,27 @@ class _Session:
             log.debug("connection refused: %s", problem)
             self._first_outcome.set()
             return
-        with self._state_lock:
-            self._connected = True
-            self._problem = None
-        log.info("connected to the MQTT broker at %s", where)
-        self._client.subscribe([(topic, QOS) for topic in sorted(self._birth_topics)])
         try:
+            # The send lock first: a reading the loop publishes meanwhile goes after the
+            # backlog (online, discovery), not before it.
             with self._send_lock:
+                with self._state_lock:
+                    closing = self._closing
+                    self._connected = not closing
+                    self._problem = None
+                if closing:
+                    # close() ran while we were connecting: say goodbye properly, so that the
+                    # availability ends "offline" and not "online".
+                    self._put(Message(self.topics.availability, NOT_AVAILABLE.encode(), True))
+                    self._client.disconnect()
+                    return
+                log.info("connected to the MQTT broker at %s", where)
+                self._client.subscribe([(topic, QOS) for topic in sorted(self._birth_topics)])
                 self._send_backlog()
         except SinkError as error:  # the queue is full; the next reading says so too
             log.debug("backlog not sent: %s", error)
-        self._first_outcome.set()
+        finally:
+            self._first_outcome.set()
 
     def _on_disconnect(self) -> None:
         with self._state_lock:
