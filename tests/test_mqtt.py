@@ -464,6 +464,7 @@ def paho_installed():
         ({"host": ""}, "mqtt_host is empty"),
         ({"host": "mqtt://broker"}, "not a URL"),
         ({"host": "user:pw@broker"}, "must not contain a user name"),
+        ({"host": "mqtt://user:pw@ broker"}, "must not contain a user name"),
         ({"host": "bro ker"}, "white space"),
         ({"host": "b", "port": 0}, "mqtt_port"),
         ({"host": "b", "port": 65536}, "mqtt_port"),

@@ -51,6 +51,7 @@ from iskra_me162.sinks.mqtt_messages import (
     Message,
     Topics,
     TotalsGuard,
+    check_host,
     check_topic_prefix,
     discovery_configs,
     entity_values,
@@ -133,7 +134,7 @@ class MqttSink:
         reconnect_max_delay: float = 120.0,
         first_connect_wait: float = 2.0,
     ) -> None:
-        _check_host(host)
+        check_host(host)
         if type(port) is not int or not 1 <= port <= 65535:
             raise ConfigError(f"mqtt_port must be a number from 1 to 65535, not {port!r}")
         if password and not username:
@@ -471,23 +472,3 @@ class _Session:
                         return
         except SinkError as error:
             log.debug("discovery not sent again: %s", error)
-
-
-def _check_host(host: str) -> None:
-    example = "write the broker's host name or IP address, e.g. 192.168.1.10 or localhost"
-    if not isinstance(host, str) or not host.strip():
-        raise ConfigError(f"mqtt_host is empty; {example}")
-    if host != host.strip() or any(char.isspace() for char in host):
-        raise ConfigError(f"mqtt_host {host.strip()!r} contains white space; {example}")
-    if "://" in host or "/" in host:
-        raise ConfigError(
-            f"mqtt_host must be a host name, not a URL; {example} (the port is mqtt_port, TLS "
-            "is mqtt_tls)"
-        )
-    if "@" in host:
-        raise ConfigError(
-            "mqtt_host must not contain a user name or password; set mqtt_username and "
-            "mqtt_password instead"
-        )
-    if host.startswith("["):
-        raise ConfigError("mqtt_host: write an IPv6 address without brackets, e.g. ::1")

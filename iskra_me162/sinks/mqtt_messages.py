@@ -101,6 +101,28 @@ def check_topic_prefix(value: str, key: str) -> str:
     return value
 
 
+def check_host(host: str) -> str:
+    """``host`` if it can be ``mqtt_host`` (a host name or IP address), else ConfigError."""
+    example = "write the broker's host name or IP address, e.g. 192.168.1.10 or localhost"
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigError(f"mqtt_host is empty; {example}")
+    if "@" in host:  # checked first: the messages below repeat the host
+        raise ConfigError(
+            "mqtt_host must not contain a user name or password; set mqtt_username and "
+            "mqtt_password instead"
+        )
+    if host != host.strip() or any(char.isspace() for char in host):
+        raise ConfigError(f"mqtt_host {host.strip()!r} contains white space; {example}")
+    if "://" in host or "/" in host:
+        raise ConfigError(
+            f"mqtt_host must be a host name, not a URL; {example} (the port is mqtt_port, TLS "
+            "is mqtt_tls)"
+        )
+    if host.startswith("["):
+        raise ConfigError("mqtt_host: write an IPv6 address without brackets, e.g. ::1")
+    return host
+
+
 # --- registers -------------------------------------------------------------------------------
 
 
