@@ -65,15 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iskra-me162: {error}", file=sys.stderr)
         return EX_CONFIG
 
-    if args.check_config:
-        from iskra_me162.actions import check_config
 
-        return check_config(config)
-
-    from iskra_me162.logs import setup_logging
-
-    setup_logging(config.print_debug, config.secrets)
     try:
+        if args.check_config:
+            from iskra_me162.actions import check_config
+
+            return check_config(config)
+        from iskra_me162.logs import setup_logging
+
+        setup_logging(config.print_debug, config.secrets)
         if args.once:
             from iskra_me162.actions import read_once
 
@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return Daemon(config).run()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into a program that stopped reading (| head): not worth a traceback.
+        sys.stderr.close()
+        return EX_FAILURE
     except IskraError as error:
         print(f"iskra-me162: {error}", file=sys.stderr)
         return EX_FAILURE

@@ -27,7 +27,9 @@ DEFAULT_PATH = "/etc/default/iskra-me162"
 DEFAULT_STATE_FILE = "/run/iskra-me162/state"
 # The 2016 script's default; /var/run is root's and the service user cannot write there.
 LEGACY_STATE_FILE = "/var/run/me162-state"
-PROTOCOLS = ("iec62056-21",)
+PROTOCOLS = ("iec62056-21", "sml")
+SERIAL_FORMAT_DEFAULTS = {"iec62056-21": "7E1", "sml": "8N1"}
+STANDARD_BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 # pyserial URL handlers that make sense for an IR head (sim:// is our simulator).
 PORT_URL_SCHEMES = ("rfc2217", "socket", "sim")
 LOCKOUT_WARNING_INTERVAL = 60  # below this some meters refuse new sessions (they lock out)
@@ -52,6 +54,13 @@ class KeySpec:
 def _check_serial_format(value: str) -> str | None:
     if value and not re.fullmatch(r"[5-8][NEOMS][12]", value.upper()):
         return f"serial_format must look like 7E1 or 8N1, not {value!r}"
+    return None
+
+
+def _check_baud_rate(value: int) -> str | None:
+    if value not in STANDARD_BAUD_RATES:
+        rates = ", ".join(str(rate) for rate in STANDARD_BAUD_RATES)
+        return f"sml_baudrate must be one of {rates}; not {value}"
     return None
 
 
@@ -92,7 +101,12 @@ def _check_port(value: str) -> str | None:
 
 KEYS: dict[str, KeySpec] = {
     # --- the meter -------------------------------------------------------------------------
-    "protocol": KeySpec(str, "iec62056-21", "meter protocol", choices=PROTOCOLS),
+    "protocol": KeySpec(
+        str,
+        "iec62056-21",
+        "iec62056-21 (mode C request and readout) or sml (meters that push SML frames)",
+        choices=PROTOCOLS,
+    ),
     "port": KeySpec(
         str,
         "/dev/ttyUSB0",
@@ -102,9 +116,15 @@ KEYS: dict[str, KeySpec] = {
     "serial_format": KeySpec(
         str,
         "7E1",
-        "data bits, parity, stop bits on the line; 8N1 for adapters without 7-bit support "
-        "(received bytes are then masked to 7 bits)",
+        "data bits, parity, stop bits; iec62056-21: 7E1 (8N1 for adapters without 7-bit "
+        "support: bytes are then masked to 7 bits); sml: 8N1 unless set",
         check=_check_serial_format,
+    ),
+    "sml_baudrate": KeySpec(
+        int,
+        9600,
+        "baud rate of an SML meter (almost all push at 9600)",
+        check=_check_baud_rate,
     ),
     "use_highspeed": KeySpec(
         bool, True, "switch to the baud rate the meter proposes after the identification"
@@ -174,6 +194,7 @@ class Config:
     protocol: str = "iec62056-21"
     port: str = "/dev/ttyUSB0"
     serial_format: str = "7E1"
+    sml_baudrate: int = 9600
     use_highspeed: bool = True
     baud_switch_delay: float = 0.1
     update_interval: int = 60
@@ -380,19 +401,21 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
             path,
             lines["domoticz_ca_file"],
         )
-    if settings["update_interval"] < LOCKOUT_WARNING_INTERVAL:
+    if settings["update_interval"] < LOCKOUT_WARNING_INTERVAL and settings["protocol"] != "sml":
         warnings.append(
             f"{path}:{lines['update_interval']}: update_interval {settings['update_interval']} s "
             f"is below {LOCKOUT_WARNING_INTERVAL} s: some meters refuse a new session for up to a "
             "minute after one and will then be read less often than configured"
         )
     port = settings["port"]
-    if port.startswith("socket://") and settings["use_highspeed"]:
+    if port.startswith("socket://") and settings["use_highspeed"] and settings["protocol"] != "sml":
         warnings.append(
             f"{path}:{lines.get('port', 0)}: a socket:// port cannot change the baud rate of the "
             "remote head; use_highspeed will fail and fall back to 300 baud "
             "(set use_highspeed = False, or use rfc2217://)"
         )
+    if "serial_format" not in values:
+        settings["serial_format"] = SERIAL_FORMAT_DEFAULTS[settings["protocol"]]
     settings["serial_format"] = settings["serial_format"].upper()
     return Config(path=path, warnings=tuple(warnings), **settings)
 

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 5.0  # seconds; doubles per failed cycle up to update_interval
 STATUS_REGISTERS = (("1.8.0", "kWh"), ("2.8.0", "kWh"))
+# Sinks that get every frame of a push meter (SML, every 1-4 s); the others get one readout per
+# update_interval, as with a pull meter.
+LIVE_SINKS = frozenset({"http"})
 
 
 class Sink(Protocol):
@@ -68,7 +71,30 @@ class ProblemLog:
             log.warning("%s: %s", component, what)
 
 
-def build_meter(config: Config, tick: Callable[[], None]) -> IecMeter:
+class Meter(Protocol):
+    """What the loop needs of a meter: ``read()`` one readout (pull meters: one session; push
+    meters: the next good frame), its port (for cancel_read), and whether it pushes."""
+
+    port: Port
+    pushes: bool
+
+    def read(self) -> Readout: ...
+
+    def close(self) -> None: ...
+
+
+def build_meter(config: Config, tick: Callable[[], None]) -> Meter:
+    if config.protocol == "sml":
+        from iskra_me162.sml_meter import SmlMeter
+
+        port = Port(
+            config.port,
+            baudrate=config.sml_baudrate,
+            serial_format=config.serial_format,
+            seven_bit_line=False,  # SML is binary: every bit of every byte counts
+            tick=tick,
+        )
+        return SmlMeter(port)
     port = Port(
         config.port,
         baudrate=300,
@@ -177,7 +203,8 @@ def status_line(readout: Readout) -> str:
         if value is not None:
             parts.append(f"{cde} {value / 1000:f} {unit}")
     when = readout.wall_time.strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"{readout.identity.model}: {', '.join(parts) or 'no energy registers'} at {when}"
+    name = readout.identity.model or readout.identity.meter_id
+    return f"{name}: {', '.join(parts) or 'no energy registers'} at {when}"
 
 
 class Daemon:
@@ -257,15 +284,17 @@ class Daemon:
         next_due = time.monotonic()
         try:
             while not self.signals.stop:
-                self._wait_until(next_due)
-                if self.signals.stop:
-                    break
                 if self.signals.reload:
                     self.signals.reload = False
                     self.reload()
                     next_due = time.monotonic()
                     continue
-                next_due = self._cycle(next_due)
+                if self.meter.pushes:
+                    next_due = self._push_step(next_due)
+                    continue
+                self._wait_until(next_due)
+                if not (self.signals.stop or self.signals.reload):
+                    next_due = self._cycle(next_due)
         except Shutdown:
             pass
         finally:
@@ -274,22 +303,50 @@ class Daemon:
 
     def _cycle(self, due: float) -> float:
         """One readout and push; returns when the next one is due (fixed rate, back-off)."""
-        interval = self.config.update_interval
         readout = self._read_meter()
         now = time.monotonic()
         if readout is None:
             self._count_failure()
-            backoff = min(FIRST_RETRY_DELAY * 2 ** (self.failed_cycles - 1), interval)
-            return now + max(backoff, min(FIRST_RETRY_DELAY, interval))
+            return now + self._retry_delay()
         self._count_success()
-        self._publish(readout)
+        self._publish(readout, self.sinks)
         self._feed_watchdog(time.monotonic())
-        # Fixed rate on the monotonic clock: the next slot after the one just served, skipping
-        # any slots a slow readout overran, so the schedule never drifts.
+        return self._next_slot(due, now)
+
+    def _push_step(self, due: float) -> float:
+        """Push meters: take the next frame; live sinks get every one, the others one per
+        update_interval. Returns the time of the next scheduled push."""
+        readout = self._read_meter()
+        now = time.monotonic()
+        if readout is None:
+            self._count_failure()
+            if not self.meter.port.is_open:  # the port failed: back off before reopening it
+                self._wait_until(now + self._retry_delay())
+            return due
+        self._count_success()
+        if now >= due:
+            log.info("%s", status_line(readout))
+            self._publish(readout, self.sinks)
+            due = self._next_slot(due, now)
+        else:
+            self._publish(readout, [sink for sink in self.sinks if sink.name in LIVE_SINKS])
+        self._feed_watchdog(time.monotonic())
+        return due
+
+    def _next_slot(self, due: float, now: float) -> float:
+        """Fixed rate on the monotonic clock: the slot after the one just served, skipping any
+        a slow readout overran, so the schedule never drifts."""
+        interval = self.config.update_interval
         next_due = due + interval
         if next_due <= now:
             next_due += ((now - next_due) // interval + 1) * interval
         return next_due
+
+    def _retry_delay(self) -> float:
+        """5 s, then doubling per failed cycle, never longer than update_interval."""
+        interval = self.config.update_interval
+        backoff = min(FIRST_RETRY_DELAY * 2 ** (self.failed_cycles - 1), interval)
+        return max(backoff, min(FIRST_RETRY_DELAY, interval))
 
     def _read_meter(self) -> Readout | None:
         try:
@@ -304,12 +361,14 @@ class Daemon:
             self.problems.problem("meter", f"readout rejected: {error}")
             return None
         self.problems.ok("meter", "good readout again")
-        log.info("%s", status_line(readout))
+        # A push meter sends a frame every few seconds: its frames are logged at debug level,
+        # the scheduled pushes at info level (see _push_step).
+        log.log(logging.DEBUG if self.meter.pushes else logging.INFO, "%s", status_line(readout))
         return readout
 
-    def _publish(self, readout: Readout) -> None:
+    def _publish(self, readout: Readout, sinks: list[Sink]) -> None:
         sink_states = []
-        for sink in self.sinks:
+        for sink in sinks:
             try:
                 sink.publish(readout)
             except SinkError as error:
@@ -358,7 +417,14 @@ class Daemon:
 
         setup_logging(new.print_debug, new.secrets)
         self.config = new
-        meter_keys = ("port", "protocol", "serial_format", "use_highspeed", "baud_switch_delay")
+        meter_keys = (
+            "port",
+            "protocol",
+            "serial_format",
+            "use_highspeed",
+            "baud_switch_delay",
+            "sml_baudrate",
+        )
         if any(getattr(old, key) != getattr(new, key) for key in meter_keys):
             self.meter.close()
             self.meter = build_meter(new, self._tick)

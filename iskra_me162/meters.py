@@ -35,6 +35,8 @@ SERIAL_REGISTERS = ("96.1.0", "0.0.0", "96.1.255")
 class IecMeter:
     """Reads an IEC 62056-21 meter in mode C: request, identification, ACK, data readout."""
 
+    pushes = False  # the daemon asks for each readout
+
     def __init__(self, port: Port, use_highspeed: bool, baud_switch_delay: float) -> None:
         self.port = port
         self.use_highspeed = use_highspeed
