@@ -101,8 +101,12 @@ def _run_detached(config: object, pidfile: str) -> int:
     from iskra_me162.logs import use_syslog
     from iskra_me162.pidfile import PidFile
 
+    pid_file = PidFile(pidfile)
+    pid_file.check()  # refuse to start while still attached to the terminal
+    if pid_file.stale_pid:
+        print(f"iskra-me162: replacing stale pid file {pidfile} (pid {pid_file.stale_pid})")
     context = daemon.DaemonContext(
-        pidfile=PidFile(pidfile),
+        pidfile=pid_file,
         umask=0o027,
         working_directory="/",
         # Our own handlers: python-daemon's defaults would ignore SIGHUP-as-reload.

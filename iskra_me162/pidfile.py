@@ -33,7 +33,9 @@ class PidFile:
         self.path = Path(path)
         self.stale_pid: int | None = None
 
-    def __enter__(self) -> PidFile:
+    def check(self) -> None:
+        """Raise PidFileError when a live process owns the pid file (call before detaching,
+        while error messages still reach the terminal)."""
         try:
             old = int(self.path.read_text().strip() or "0")
         except (OSError, ValueError):
@@ -42,6 +44,16 @@ class PidFile:
             raise PidFileError(f"{self.path}: another iskra-me162 runs as pid {old}")
         if old:
             self.stale_pid = old
+        if not self.path.parent.is_dir():
+            try:
+                self.path.parent.mkdir(mode=0o755, parents=True)
+            except OSError as error:
+                raise PidFileError(
+                    f"cannot create {self.path.parent} for the pid file: {error.strerror}"
+                ) from None
+
+    def __enter__(self) -> PidFile:
+        self.check()
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             temp.write_text(f"{os.getpid()}\n")

@@ -7,6 +7,7 @@ daemon pushed is compared with what the simulated meter put on the line.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from decimal import Decimal
@@ -276,8 +277,6 @@ def test_silent_meter_backs_off_without_a_hot_loop(tmp_path):
 
 
 def _cpu_seconds(pid: int) -> float:
-    import os
-
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -324,3 +323,43 @@ def test_bad_state_file_is_explained_and_survived(tmp_path, domoticz):
         daemon.close()
     assert status == 0
     assert "state" in daemon.output.lower() and "WARNING" in daemon.output
+
+
+def test_daemon_mode_detaches_with_a_pid_file(tmp_path):
+    meter = start_meter(tmp_path)
+    config = daemon_config(tmp_path, meter, None, print_debug=1)
+    pidfile = tmp_path / "run" / "iskra.pid"
+    pidfile.parent.mkdir()
+    pidfile.write_text("999999\n")  # stale: no such process
+    starter = DaemonProcess(config, "--daemon", "--pidfile", str(pidfile), log=tmp_path / "d.log")
+    try:
+        assert starter.process.wait(30) == 0, starter.output  # the parent returns at once
+        assert "replacing stale pid file" in starter.output
+        deadline = time.monotonic() + 10
+        while (not pidfile.exists() or pidfile.read_text().strip() == "999999") and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        pid = int(pidfile.read_text())
+        assert pid != starter.process.pid
+        assert Path(f"/proc/{pid}").exists()
+        # A second instance refuses to start while the first runs.
+        second = DaemonProcess(
+            config, "--daemon", "--pidfile", str(pidfile), log=tmp_path / "d2.log"
+        )
+        assert second.process.wait(30) == 1
+        assert f"another iskra-me162 runs as pid {pid}" in second.output
+        second.close()
+        # It reads the meter although detached (its readouts are served by the simulator).
+        deadline = time.monotonic() + 30
+        while not meter.readouts and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert meter.readouts
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pidfile.exists(), "the pid file is removed on exit"
+    finally:
+        meter.stop()
+        starter.close()
