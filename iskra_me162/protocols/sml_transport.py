@@ -24,7 +24,10 @@ One ambiguity: a frame cut inside a doubled escape and followed by the next star
 0x1b bytes and 01010101, exactly like payload 1b1b1b1b 01010101. The reader takes the payload
 reading and remembers the place; when the frame then fails (bad CRC, bad escape, an unaligned
 end that fits the remembered start, another start) it goes back there, so the next frame is
-not lost.
+not lost. Which failure is counted waits for the outcome: when the frame begun at the
+remembered place checks out, the first one was cut short (``truncated``); when it fails too,
+the first one is counted by its own failure (a damaged frame with 1b1b1b1b 01010101 in its
+payload is a CRC error, not two cut frames).
 
 The CRC covers the raw bytes from the start sequence through the padding count, so it is
 checked before un-escaping. It is the one authoritative check for framed data: a frame whose
@@ -127,6 +130,9 @@ class SmlTransportReader:
         self._scan = 0
         self._escapes: list[int] = []
         self._restart: int | None = None
+        # A frame given up for a start sequence inside it, whose failure (counter name, log
+        # text, length) is counted once the frame begun there succeeds or fails.
+        self._pending: tuple[str, str, int] | None = None
 
     @property
     def buffered(self) -> int:
@@ -170,8 +176,9 @@ class SmlTransportReader:
                 self._scan = pos + 8
             elif follower == _START_TAIL:
                 if not self._restart_at_candidate():
-                    logger.info("SML frame cut short after %d bytes by the next start", pos)
-                    self.truncated += 1
+                    if not self._settle(confirmed=False):
+                        logger.info("SML frame cut short after %d bytes by the next start", pos)
+                        self.truncated += 1
                     self._drop(pos)
                     self._begin_frame()
             elif pos % 4 == 0 and follower[0] == _END_MARK:
@@ -179,9 +186,11 @@ class SmlTransportReader:
                 if frame is not None:
                     return frame
             elif pos % 4 == 0:
-                if not self._restart_at_candidate():
-                    logger.info("SML frame dropped: unknown escape sequence %s", follower.hex())
-                    self.malformed += 1
+                text = f"SML frame dropped: unknown escape sequence {follower.hex()}"
+                if not self._restart_at_candidate(("malformed", text)):
+                    if not self._settle(confirmed=False):
+                        logger.info(text)
+                        self.malformed += 1
                     self._drop(pos)
                     self._in_frame = False
             elif (
@@ -201,15 +210,43 @@ class SmlTransportReader:
         self._escapes = []
         self._restart = None
 
-    def _restart_at_candidate(self) -> bool:
-        """After a failed frame: if it contained 1b1b1b1b 1b1b1b1b 01010101, that was a cut
-        frame followed by a new start after all; continue from there and say so."""
-        if self._restart is None:
+    def _restart_at_candidate(self, failure: tuple[str, str] | None = None) -> bool:
+        """After a failed frame: if it contained 1b1b1b1b 1b1b1b1b 01010101, that may have been
+        a cut frame followed by a new start after all; continue from there.
+
+        ``failure`` (counter name, log text) is how the frame failed when that alone proves
+        nothing (bad CRC, bad escape): it is counted once the new frame shows which it was
+        (see :meth:`_settle`). None means the new start is certain (cut short).
+        """
+        restart = self._restart
+        if restart is None:
             return False
-        logger.info("SML frame cut short after %d bytes by the next start sequence", self._restart)
-        self.truncated += 1
-        self._drop(self._restart)
+        self._settle(confirmed=False)  # a frame begun at a guess that fails was no frame
+        if failure is None:
+            logger.info("SML frame cut short after %d bytes by the next start sequence", restart)
+            self.truncated += 1
+        else:
+            logger.debug("%s; trying the start sequence %d bytes into it", failure[1], restart)
+            self._pending = (*failure, restart)
+        self._drop(restart)
         self._begin_frame()
+        return True
+
+    def _settle(self, confirmed: bool) -> bool:
+        """Count the frame given up for a start sequence inside it: cut short when the frame
+        begun there checked out (``confirmed``), else by its own failure. Returns whether
+        there was one, i.e. whether the frame now ending was begun at a guess."""
+        pending = self._pending
+        if pending is None:
+            return False
+        self._pending = None
+        counter, text, length = pending
+        if confirmed:
+            logger.info("SML frame cut short after %d bytes by the next start sequence", length)
+            self.truncated += 1
+        else:
+            logger.info("%s", text)
+            setattr(self, counter, getattr(self, counter) + 1)
         return True
 
     def _finish(self, end_pos: int) -> TransportFrame | None:
@@ -219,18 +256,19 @@ class SmlTransportReader:
         received = raw[-2] << 8 | raw[-1]
         variant = match_crc(memoryview(raw)[:-2], received, self.crc_variants)
         if variant is None:
-            if self._restart_at_candidate():
+            logger.debug("frame with bad CRC: %s", raw.hex())
+            text = f"SML frame of {len(raw)} bytes dropped: CRC {received:04x} does not match"
+            if self._restart_at_candidate(("crc_errors", text)):
                 return None
             self._in_frame = False
-            self.crc_errors += 1
+            if not self._settle(confirmed=False):
+                self.crc_errors += 1
+                logger.info("%s", text)
             # Keep the 3 bytes after 1b1b1b1b 1a: when the frame was cut inside its end
             # sequence they hold the start of the next frame, which must not be lost.
             self._drop(end_pos + 5)
-            logger.info(
-                "SML frame of %d bytes dropped: CRC %04x does not match", len(raw), received
-            )
-            logger.debug("frame with bad CRC: %s", raw.hex())
             return None
+        self._settle(confirmed=True)
         del self._buf[: end_pos + 8]
         self._in_frame = False
         padding = raw[-3]
@@ -269,6 +307,7 @@ class SmlTransportReader:
             self._drop(last_start)
         if len(self._buf) > self.max_buffer:
             self._drop(len(self._buf) - (len(START) - 1))
+        self._settle(confirmed=False)
         logger.warning(
             "SML input buffer over %d bytes: oldest data dropped (%d bytes dropped so far)",
             self.max_buffer,
