@@ -5,6 +5,9 @@ sent, so a person or a test can compare them with what the daemon reported. SIGT
 stops it (exit 0). With ``--control FILE``, SIGHUP re-reads FILE: ``name = value`` lines with
 fault options, ``power``, ``export`` or ``tariff``; faults not named there fall back to the ones
 given on the command line.
+
+``--profile mt175`` serves an SML push meter instead: it sends a frame every ``--interval``
+seconds at 9600 8N1 and prints one line per frame (see :mod:`.sml_push` for its options).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from iskra_me162.errors import ConfigError, PortError
-from iskra_me162.simulator.model import Faults, ServedReadout
+from iskra_me162.simulator.model import Faults, MeterConfig, ServedReadout
 from iskra_me162.simulator.options import (
     parse_config,
     parse_control_text,
@@ -28,6 +31,16 @@ from iskra_me162.simulator.options import (
 )
 from iskra_me162.simulator.profiles import PROFILES
 from iskra_me162.simulator.pty_meter import PtyMeter
+from iskra_me162.simulator.sml_push import (
+    SML_PUSH_PROFILES,
+    ServedFrame,
+    SmlFaults,
+    SmlPtyMeter,
+    SmlPushConfig,
+    apply_control_text,
+    format_frame,
+    parse_sml_push_config,
+)
 
 EX_CONFIG = 78
 EX_IOERR = 74
@@ -48,8 +61,13 @@ _VALUE_FLAGS = {
     "bad_bcc_every": "bad_bcc_every",
     "truncate_every": "truncate_every",
     "lockout": "lockout",
+    "interval": "interval",
+    "baud": "baud",
+    "garbage": "garbage",
+    "energy_scaler": "energy_scaler",
+    "power_scaler": "power_scaler",
 }
-_SWITCHES = ("echo", "ignore_baud", "silent", "high_bit")
+_SWITCHES = ("echo", "ignore_baud", "silent", "high_bit", "escape", "no_pin")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--link", type=Path, help="symlink to create to the pty, e.g. /tmp/ttyMETER"
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), help="meter model (default me162)")
+    parser.add_argument(
+        "--profile",
+        choices=sorted({*PROFILES, *SML_PUSH_PROFILES}),
+        help="meter model (default me162; mt175 is an SML push meter)",
+    )
     parser.add_argument("--serial", help="serial number / device address (digits)")
     parser.add_argument("--power", metavar="W", help="import power in W (default 500)")
     parser.add_argument("--export", metavar="W", help="export power in W (default 0)")
@@ -80,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--silent", action="store_true", help="answer nothing")
     parser.add_argument("--lockout", metavar="S", help="refuse sessions for S s after one")
     parser.add_argument("--high-bit", action="store_true", help="send the parity bit as bit 7")
+    sml = parser.add_argument_group("SML push meter (--profile mt175)")
+    sml.add_argument("--interval", metavar="S", help="seconds between frames (default 1)")
+    sml.add_argument("--baud", metavar="BD", help="line speed (default 9600)")
+    sml.add_argument("--garbage", metavar="N", help="N noise bytes before every frame")
+    sml.add_argument("--escape", action="store_true", help="1b1b1b1b in the public key")
+    sml.add_argument("--no-pin", action="store_true", help="whole kWh only, no power")
+    sml.add_argument("--energy-scaler", metavar="S", help="-1 (default, 0.1 Wh) .. 3")
+    sml.add_argument("--power-scaler", metavar="S", help="0 (default, 1 W), -1 or -2")
     parser.add_argument("--control", type=Path, help="file of runtime options, re-read on SIGHUP")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     return parser
@@ -126,13 +156,39 @@ def _apply_control(meter: PtyMeter, path: Path, base_faults: Faults) -> None:
     print(f"control file {path} applied: {faults}", flush=True)
 
 
+def _print_frame(frame: ServedFrame) -> None:
+    print(format_frame(frame), flush=True)
+
+
+def _apply_sml_control(meter: SmlPtyMeter, path: Path, base_faults: SmlFaults) -> None:
+    try:
+        faults = apply_control_text(meter, path.read_text(encoding="utf-8"), str(path), base_faults)
+    except OSError as error:
+        print(f"control file {path}: {error.strerror}", file=sys.stderr, flush=True)
+        return
+    except ConfigError as error:
+        print(f"control file ignored: {error}", file=sys.stderr, flush=True)
+        return
+    print(f"control file {path} applied: {faults}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(name)s: %(message)s")
+    options = _options(args)
+    pushes = options.get("profile", "").lower() in SML_PUSH_PROFILES
     try:
-        config = parse_config(_options(args))
-        meter = PtyMeter(args.link, config, on_readout=_print_readout)
+        config: MeterConfig | SmlPushConfig
+        meter: PtyMeter
+        if pushes:
+            config = parse_sml_push_config(options)
+            meter = SmlPtyMeter(args.link, config, on_frame=_print_frame)
+            name = config.profile
+        else:
+            config = parse_config(options)
+            meter = PtyMeter(args.link, config, on_readout=_print_readout)
+            name = config.profile.name
         meter.start()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -158,13 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, on_reload)
     try:
         link = f" (link {args.link})" if args.link else ""
-        print(f"simulated {config.profile.name} meter on {meter.path}{link}", flush=True)
+        print(f"simulated {name} meter on {meter.path}{link}", flush=True)
         while not stop.is_set():
             woken.wait()
             woken.clear()
             if reload.is_set() and not stop.is_set():
                 reload.clear()
-                if args.control is not None:
+                if args.control is not None and isinstance(meter, SmlPtyMeter):
+                    _apply_sml_control(meter, args.control, meter.config.faults)
+                elif args.control is not None:
                     _apply_control(meter, args.control, config.faults)
     finally:
         meter.stop()

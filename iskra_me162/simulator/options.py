@@ -70,7 +70,6 @@ _FAULT_OPTIONS: dict[str, Callable[[str], object]] = {
 }
 # What a running meter can change (a control file, PtyMeter.set_faults / set_power / set_tariff).
 RUNTIME_OPTIONS = frozenset({*_FAULT_OPTIONS, "power", "export", "tariff"})
-_RUNTIME_LIST = ", ".join(sorted(RUNTIME_OPTIONS))
 OPTION_NAMES = frozenset({"profile", *_CONFIG_OPTIONS, *_FAULT_OPTIONS})
 
 
@@ -111,8 +110,13 @@ def parse_config(options: Mapping[str, str], profile: str = "me162") -> MeterCon
     )  # type: ignore[arg-type]  # values were converted by the table's parsers
 
 
-def parse_control_text(text: str, path: str = "<control>") -> dict[str, str]:
-    """``name = value`` lines (``#`` comments, blank lines allowed) of a control file."""
+def parse_control_text(
+    text: str, path: str = "<control>", allowed: frozenset[str] = RUNTIME_OPTIONS
+) -> dict[str, str]:
+    """``name = value`` lines (``#`` comments, blank lines allowed) of a control file.
+
+    ``allowed`` names the options a running meter can change (the SML push meter has its own).
+    """
     options: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -122,9 +126,10 @@ def parse_control_text(text: str, path: str = "<control>") -> dict[str, str]:
         name = name.strip()
         if not sep:
             value = ""  # a bare flag name means "on"
-        if name not in RUNTIME_OPTIONS:
+        if name not in allowed:
+            allowed_list = ", ".join(sorted(allowed))
             raise ConfigError(
-                f"unknown option {name!r} (allowed at run time: {_RUNTIME_LIST})",
+                f"unknown option {name!r} (allowed at run time: {allowed_list})",
                 path=path,
                 line=number,
             )

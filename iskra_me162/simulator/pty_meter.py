@@ -105,10 +105,13 @@ class PtyMeter:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_readout: Callable[[ServedReadout], None] | None = None,
+        model: Any = None,
     ) -> None:
         self._link = Path(link) if link is not None else None
         self._clock = clock
-        self._model = MeterModel(config or MeterConfig(), clock())
+        # ``model``: a ready model instead of one made from ``config`` (the SML push meter of
+        # .sml_push brings its own, with the same runner-facing methods).
+        self._model = model if model is not None else MeterModel(config or MeterConfig(), clock())
         self._on_readout = on_readout
         self._master: int | None = None
         self._path: str | None = None

@@ -4,7 +4,9 @@ Examples: ``sim://me162``, ``sim://me162?power=450``, ``sim://mt174?speedup=inf&
 ``sim://simple?corrupt_every=3&export=1200``. The options are those of
 :mod:`iskra_me162.simulator.options` (``power``, ``export``, ``tariff``, ``serial``, ``speedup``,
 ``echo``, ``noise``, ``ignore_baud``, ``corrupt_every``, ``bad_bcc_every``, ``truncate_every``,
-``silent``, ``lockout``, ``high_bit`` ...); a bad URL raises
+``silent``, ``lockout``, ``high_bit`` ...). ``sim://mt175?power=800&interval=1`` is an SML push
+meter instead (options of :mod:`iskra_me162.simulator.sml_push`): it sends a frame every
+``interval`` seconds at 9600 8N1 without being asked. A bad URL raises
 :class:`~iskra_me162.errors.ConfigError`, because it is a configuration mistake that no
 reopening will fix.
 
@@ -38,6 +40,15 @@ from iskra_me162.simulator.model import (
     Transmission,
 )
 from iskra_me162.simulator.options import parse_config
+from iskra_me162.simulator.sml_push import (
+    SML_PUSH_PROFILES,
+    PushRegisters,
+    ServedFrame,
+    SmlPushConfig,
+    SmlPushModel,
+    garble_8n1,
+    parse_sml_push_config,
+)
 
 _MIN_WAIT = 0.0005  # never spin on a wait that float rounding made zero
 
@@ -62,8 +73,8 @@ class _Segment:
         return self.start + (self.arrived(now) + 1) * self.per_byte
 
 
-def parse_url(url: str) -> MeterConfig:
-    """``sim://<profile>?<options>`` -> MeterConfig, or ConfigError."""
+def parse_url(url: str) -> MeterConfig | SmlPushConfig:
+    """``sim://<profile>?<options>`` -> MeterConfig (SmlPushConfig for mt175), or ConfigError."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "sim":
         raise ConfigError(f"not a sim:// URL: {url!r}")
@@ -75,8 +86,11 @@ def parse_url(url: str) -> MeterConfig:
         if name in options:
             raise ConfigError(f"sim:// URL gives option {name!r} twice: {url!r}")
         options[name] = value
+    profile = parts.netloc or "me162"
     try:
-        return parse_config(options, parts.netloc or "me162")
+        if options.get("profile", profile).lower() in SML_PUSH_PROFILES:
+            return parse_sml_push_config(options, profile)
+        return parse_config(options, profile)
     except ConfigError as error:
         raise ConfigError(f"{url}: {error}") from None
 
@@ -87,7 +101,8 @@ class Serial(SerialBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._condition = threading.Condition()
         self._clock = time.monotonic
-        self._model: MeterModel | None = None
+        self._model: MeterModel | SmlPushModel | None = None
+        self._garble = garble  # the line's bit framing: 7E1 (mode C) or 8N1 (SML)
         self._scheduled: deque[Transmission] = deque()
         self._segments: deque[_Segment] = deque()
         self._line_baud = 0  # the reader's rate as the line last saw it
@@ -103,7 +118,12 @@ class Serial(SerialBase):
             raise SerialException("Port must be configured before it can be used.")
         config = parse_url(self._port)
         with self._condition:
-            self._model = MeterModel(config, self._clock())
+            if isinstance(config, SmlPushConfig):
+                self._model = SmlPushModel(config, self._clock())
+                self._garble = garble_8n1
+            else:
+                self._model = MeterModel(config, self._clock())
+                self._garble = garble
             self._scheduled.clear()
             self._segments.clear()
             self._line_baud = self._baudrate
@@ -115,7 +135,7 @@ class Serial(SerialBase):
             self.is_open = False
             self._condition.notify_all()
 
-    def from_url(self, url: str) -> MeterConfig:
+    def from_url(self, url: str) -> MeterConfig | SmlPushConfig:
         return parse_url(url)
 
     def _reconfigure_port(self, force_update: bool = False) -> None:
@@ -164,7 +184,9 @@ class Serial(SerialBase):
             if model.faults.echo:
                 self._segments.append(_Segment(bytes(data), now, 0.0))
             listen = model.listen_baud
-            heard = data if self._line_baud == listen else garble(data, self._line_baud, listen)
+            heard = (
+                data if self._line_baud == listen else self._garble(data, self._line_baud, listen)
+            )
             self._scheduled.extend(model.receive(heard, now))
             line_time = len(data) * byte_time(self._line_baud, model.config.speedup)
             self._write_done = max(self._write_done, now) + line_time
@@ -254,14 +276,24 @@ class Serial(SerialBase):
         with self._condition:
             self._require_model().set_tariff(self._clock(), tariff)
 
-    def registers(self) -> Registers:
+    def registers(self) -> Registers | PushRegisters:
         with self._condition:
             return self._require_model().registers(self._clock())
 
     @property
-    def readouts(self) -> list[ServedReadout]:
+    def readouts(self) -> list[ServedReadout] | list[ServedFrame]:
+        """What the meter sent: readouts (mode C) or frames (SML push, also as ``frames``)."""
         with self._condition:
             return list(self._require_model().history)
+
+    @property
+    def frames(self) -> list[ServedFrame]:
+        """The frames an SML push meter sent (heard or not), oldest first."""
+        with self._condition:
+            model = self._require_model()
+            if not isinstance(model, SmlPushModel):
+                raise ConfigError("frames: this sim:// meter is not an SML push meter")
+            return list(model.history)
 
     # --- the line -----------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -275,11 +307,13 @@ class Serial(SerialBase):
 
     def _advance(self, now: float) -> None:
         """Put every transmission that has started by ``now`` on the line at today's rate."""
+        if isinstance(self._model, SmlPushModel):
+            self._scheduled.extend(push.transmission for push in self._model.pushes_due(now))
         while self._scheduled and self._scheduled[0].start <= now:
             transmission = self._scheduled.popleft()
             data = transmission.data
             if self._line_baud != transmission.baud:
-                data = garble(data, transmission.baud, self._line_baud)
+                data = self._garble(data, transmission.baud, self._line_baud)
             per_byte = transmission.duration / len(data) if data else 0.0
             self._segments.append(_Segment(data, transmission.start, per_byte))
 
@@ -310,4 +344,8 @@ class Serial(SerialBase):
         for segment in self._segments:
             if segment.arrived(now) < len(segment.payload):
                 return segment.next_arrival(now)
-        return self._scheduled[0].start if self._scheduled else None
+        if self._scheduled:
+            return self._scheduled[0].start
+        if isinstance(self._model, SmlPushModel):
+            return self._model.next_push_at  # a push meter talks without being asked
+        return None
