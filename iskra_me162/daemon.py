@@ -43,8 +43,12 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class Shutdown(Exception):
-    """Raised inside a read when SIGTERM/SIGINT arrived, to leave the readout at once."""
+class Shutdown(BaseException):
+    """Raised inside a read or a push when SIGTERM/SIGINT arrived, to leave it at once.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (in a
+    library or a sink) can swallow it.
+    """
 
 
 @dataclass
@@ -219,6 +223,7 @@ class Daemon:
         self.sinks = build_sinks(config)
         self.failed_cycles = 0
         self.watchdog_starved = False
+        self._pushing = False  # inside sink.publish(): SIGTERM interrupts it at once
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # --- signals -----------------------------------------------------------------------------
@@ -231,6 +236,10 @@ class Daemon:
     def _on_stop(self, signum: int, _frame: object) -> None:
         self.signals.stop = True
         self.meter.port.cancel_read()
+        if self._pushing:
+            # A sink waiting on a slow server (up to domoticz_timeout) must not hold up the
+            # exit: the counters are cumulative, the next run sends them.
+            raise Shutdown
 
     def _on_reload(self, signum: int, _frame: object) -> None:
         self.signals.reload = True
@@ -369,7 +378,12 @@ class Daemon:
     def _publish(self, readout: Readout, sinks: list[Sink]) -> None:
         sink_states = []
         for sink in sinks:
+            # A push may take up to its timeout: feed the watchdog first, not only after.
+            self._feed_watchdog(time.monotonic())
+            self._pushing = True
             try:
+                if self.signals.stop:
+                    raise Shutdown
                 sink.publish(readout)
             except SinkError as error:
                 self.problems.problem(sink.name, str(error))
@@ -377,6 +391,8 @@ class Daemon:
             else:
                 self.problems.ok(sink.name)
                 sink_states.append(f"{sink.name} ok")
+            finally:
+                self._pushing = False
         self.notifier.status(f"{status_line(readout)}; {', '.join(sink_states)}")
 
     def _wait_until(self, deadline: float) -> None:

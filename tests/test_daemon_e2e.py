@@ -363,3 +363,18 @@ def test_daemon_mode_detaches_with_a_pid_file(tmp_path):
     finally:
         meter.stop()
         starter.close()
+
+
+def test_sigterm_while_domoticz_hangs_exits_quickly(tmp_path, domoticz):
+    meter = start_meter(tmp_path)
+    domoticz.failure = "hang"
+    daemon = DaemonProcess(daemon_config(tmp_path, meter, domoticz, domoticz_timeout=30))
+    try:
+        daemon.wait_for_log(r"GET .*/json\.htm\?type=command", timeout=60)
+        time.sleep(0.5)  # the request is out; the daemon now waits for an answer
+        status, took = daemon.stop()
+    finally:
+        meter.stop()
+        daemon.close()
+    assert status == 0, daemon.output
+    assert took < 2.0, took
