@@ -20,6 +20,8 @@ SERVICE_ID=10162
 STATE_DIR=/run/iskra-me162
 # What the daemon needs at run time (setup.py's install_requires, from Debian as in the .deb).
 RUNTIME_PACKAGES="python3 python3-serial python3-requests python3-daemon"
+# Optional features the image includes (setup.py's extras_require): MQTT.
+OPTIONAL_PACKAGES="python3-paho-mqtt"
 # What building the package needs; removed again by "finish".
 BUILD_PACKAGES="python3-venv python3-setuptools python3-wheel"
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -28,7 +30,7 @@ step_system() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     # shellcheck disable=SC2086 # word splitting of the package lists is intended
-    apt-get install --yes --no-install-recommends $RUNTIME_PACKAGES $BUILD_PACKAGES
+    apt-get install --yes --no-install-recommends $RUNTIME_PACKAGES $OPTIONAL_PACKAGES $BUILD_PACKAGES
     groupadd --system --gid "$SERVICE_ID" "$SERVICE_USER"
     useradd --system --uid "$SERVICE_ID" --gid "$SERVICE_ID" --groups dialout \
         --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$SERVICE_USER"

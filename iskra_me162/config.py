@@ -64,6 +64,31 @@ def _check_baud_rate(value: int) -> str | None:
     return None
 
 
+def _check_mqtt_host(value: str) -> str | None:
+    if not value:
+        return None
+    from iskra_me162.sinks.mqtt_messages import check_host
+
+    try:
+        check_host(value)
+    except ConfigError as error:
+        return error.message
+    return None
+
+
+def _topic_prefix_check(key: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        from iskra_me162.sinks.mqtt_messages import check_topic_prefix
+
+        try:
+            check_topic_prefix(value, key)
+        except ConfigError as error:
+            return error.message
+        return None
+
+    return check
+
+
 def _check_listen(value: str) -> str | None:
     if not value:
         return None
@@ -92,9 +117,8 @@ def _check_port(value: str) -> str | None:
         return None
     scheme = value.split("://", 1)[0].lower()
     if scheme not in PORT_URL_SCHEMES:
-        return (
-            f"URL scheme {scheme!r} is not supported; use a device path, "
-            + ", ".join(f"{known}://" for known in PORT_URL_SCHEMES)
+        return f"URL scheme {scheme!r} is not supported; use a device path, " + ", ".join(
+            f"{known}://" for known in PORT_URL_SCHEMES
         )
     return None
 
@@ -165,6 +189,35 @@ KEYS: dict[str, KeySpec] = {
         float, 10.0, "seconds to wait for Domoticz", minimum=0.5, maximum=300
     ),
     "swap_tariffs": KeySpec(bool, False, "send tariff 2 as Domoticz's T1 and tariff 1 as T2"),
+    # --- MQTT with Home Assistant discovery --------------------------------------------------
+    "mqtt_host": KeySpec(
+        str,
+        "",
+        "host name or IP address of the MQTT broker; empty = MQTT off",
+        check=_check_mqtt_host,
+    ),
+    "mqtt_port": KeySpec(
+        int, 1883, "TCP port of the broker (8883 is usual for TLS)", minimum=1, maximum=65535
+    ),
+    "mqtt_username": KeySpec(str, "", "MQTT user name; empty = no login"),
+    "mqtt_password": KeySpec(str, "", "MQTT password (needs mqtt_username)", secret=True),
+    "mqtt_tls": KeySpec(bool, False, "connect with TLS (certificate and host name are checked)"),
+    "mqtt_ca_file": KeySpec(
+        str, "", "CA certificate (PEM) of the broker's certificate; empty = the system's CAs"
+    ),
+    "mqtt_topic_prefix": KeySpec(
+        str,
+        "iskra-me162",
+        "first topic level(s) of everything published",
+        check=_topic_prefix_check("mqtt_topic_prefix"),
+    ),
+    "mqtt_discovery_prefix": KeySpec(
+        str,
+        "homeassistant",
+        "Home Assistant's MQTT discovery prefix",
+        check=_topic_prefix_check("mqtt_discovery_prefix"),
+    ),
+    "mqtt_retain": KeySpec(bool, False, "keep the latest state messages on the broker (retained)"),
     # --- HTTP endpoint (Home Assistant RESTful sensor) ---------------------------------------
     "http_listen": KeySpec(
         str, "", "host:port to serve the readings over HTTP on; empty = off", check=_check_listen
@@ -209,6 +262,15 @@ class Config:
     domoticz_verify_tls: bool = True
     domoticz_timeout: float = 10.0
     swap_tariffs: bool = False
+    mqtt_host: str = ""
+    mqtt_port: int = 1883
+    mqtt_username: str = ""
+    mqtt_password: str = field(default="", repr=False)
+    mqtt_tls: bool = False
+    mqtt_ca_file: str = ""
+    mqtt_topic_prefix: str = "iskra-me162"
+    mqtt_discovery_prefix: str = "homeassistant"
+    mqtt_retain: bool = False
     http_listen: str = ""
     http_stale_after: float = 0.0
     warnings: tuple[str, ...] = ()
@@ -395,12 +457,20 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
                 path,
                 lines["domoticzpassword"],
             )
-    if settings["domoticz_ca_file"] and not Path(settings["domoticz_ca_file"]).is_file():
-        raise ConfigError(
-            f"domoticz_ca_file {settings['domoticz_ca_file']!r} does not exist",
-            path,
-            lines["domoticz_ca_file"],
-        )
+    for key in ("domoticz_ca_file", "mqtt_ca_file"):
+        if settings[key] and not Path(settings[key]).is_file():
+            raise ConfigError(f"{key} {settings[key]!r} does not exist", path, lines[key])
+    if settings["mqtt_host"]:
+        if settings["mqtt_password"] and not settings["mqtt_username"]:
+            raise ConfigError(
+                "mqtt_password is set but mqtt_username is empty", path, lines["mqtt_password"]
+            )
+        from iskra_me162.sinks.mqtt_client import import_paho
+
+        try:
+            import_paho()  # names the package to install when it is missing
+        except ConfigError as error:
+            raise ConfigError(error.message, path, lines["mqtt_host"]) from None
     if settings["update_interval"] < LOCKOUT_WARNING_INTERVAL and settings["protocol"] != "sml":
         warnings.append(
             f"{path}:{lines['update_interval']}: update_interval {settings['update_interval']} s "

@@ -127,6 +127,17 @@ SINK_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "log": ("domoticzserver", "swap_tariffs", "update_interval"),
     "http": ("http_listen", "http_stale_after", "update_interval"),
+    "mqtt": (
+        "mqtt_host",
+        "mqtt_port",
+        "mqtt_username",
+        "mqtt_password",
+        "mqtt_tls",
+        "mqtt_ca_file",
+        "mqtt_topic_prefix",
+        "mqtt_discovery_prefix",
+        "mqtt_retain",
+    ),
 }
 
 
@@ -163,6 +174,20 @@ def build_sink(name: str, config: Config) -> Sink | None:
         endpoint = HttpEndpoint(config.http_listen, config.stale_after)
         endpoint.start()  # SinkError when the address cannot be bound
         return endpoint
+    if name == "mqtt" and config.mqtt_host:
+        from iskra_me162.sinks.mqtt import MqttSink
+
+        return MqttSink(
+            config.mqtt_host,
+            config.mqtt_port,
+            config.mqtt_username,
+            config.mqtt_password,
+            config.mqtt_tls,
+            config.mqtt_ca_file,
+            config.mqtt_topic_prefix,
+            config.mqtt_discovery_prefix,
+            config.mqtt_retain,
+        )
     return None
 
 
@@ -186,7 +211,7 @@ def build_sinks(
             current.close()  # before building the new one: it may need the same port
         try:
             sink = build_sink(name, config)
-        except SinkError as error:
+        except (SinkError, ConfigError) as error:
             if old is None:
                 for started in sinks:
                     started.close()

@@ -55,8 +55,9 @@ def setup_logging(print_debug: int, secrets: tuple[str, ...] = (), stream: objec
     handler.addFilter(RedactSecrets(secrets))
     root.addHandler(handler)
     root.setLevel(LEVELS.get(print_debug, logging.DEBUG))
-    # Third-party libraries stay at INFO even at print_debug 2: urllib3 logs full URLs.
-    for noisy in ("urllib3", "requests"):
+    # Third-party libraries stay at INFO even at print_debug 2: urllib3 logs full URLs, paho
+    # one line per MQTT packet.
+    for noisy in ("urllib3", "requests", "iskra_me162.sinks.mqtt.paho"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
