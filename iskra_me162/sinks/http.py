@@ -377,6 +377,11 @@ class _Connections:
                 self._changed.wait(remaining)
             return False
 
+    def any_open(self) -> bool:
+        """True while a connection that may still need reaping is open."""
+        with self._changed:
+            return any(not conn.evicted for conn in self._open.values())
+
     def add(self, sock: socket.socket, now: float) -> _Connection:
         with self._changed:
             connection = _Connection(sock, now)
@@ -601,12 +606,15 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def serve_until_stopped(self) -> None:
-        """Accept connections until stop(); check deadlines at least every POLL_INTERVAL."""
+        """Accept connections until stop(); while any are open, check their deadlines at least
+        every POLL_INTERVAL."""
         with selectors.DefaultSelector() as selector:
             selector.register(self.socket, selectors.EVENT_READ)
             selector.register(self._wake_reader, selectors.EVENT_READ)
             while not self._stopping:
-                ready = selector.select(POLL_INTERVAL)
+                # With no connection open there is no deadline to check: sleep until a client
+                # or stop() wakes us, instead of waking twice a second on an idle Pi.
+                ready = selector.select(POLL_INTERVAL if self.connections.any_open() else None)
                 if self._stopping:
                     break
                 if any(key.fileobj is self.socket for key, _ in ready) and (
