@@ -289,6 +289,36 @@ def test_readings_lists_every_register_with_meter_time_and_age(endpoint):
     assert document["power_w"] == (Decimal("0.412") - Decimal("0.100")) * 1000  # 1.7.0 - 2.7.0
 
 
+def test_power_from_the_counters_for_a_meter_without_power_registers(endpoint):
+    # A real ME162 sends no 1.7.0/2.7.0: the power comes from two readouts' counters.
+    def readout(import_kwh: str, export_kwh: str, age: float) -> Readout:
+        return make_readout(
+            reg("1.8.0", import_kwh, "kWh"),
+            reg("1.8.1", import_kwh, "kWh"),
+            reg("1.8.2", "0.000", "kWh"),
+            reg("2.8.0", export_kwh, "kWh"),
+            age=age,
+        )
+
+    endpoint.publish(readout("1000.000", "5.000", age=50.0))
+    first = fetch(endpoint, "/api/v1/readings").json()
+    assert first["power_w"] is None and first["power_source"] is None  # one readout: unknown
+    # 25 Wh imported in 25 s = 3600 W (nothing exported).
+    endpoint.publish(readout("1000.025", "5.000", age=25.0))
+    second = json.loads(fetch(endpoint, "/api/v1/readings").body, parse_float=Decimal)
+    assert second["power_source"] == "counters"
+    assert abs(second["power_w"] - 3600) <= 40  # the two ages are taken a moment apart
+    # 10 Wh exported in the next 25 s: -1440 W (export counts negative, as 16.7.0 does).
+    endpoint.publish(readout("1000.025", "5.010", age=0.0))
+    third = json.loads(fetch(endpoint, "/api/v1/readings").body, parse_float=Decimal)
+    assert abs(third["power_w"] + 1440) <= 40
+
+
+def test_the_meters_own_power_register_wins(endpoint):
+    endpoint.publish(me162())
+    assert fetch(endpoint, "/api/v1/readings").json()["power_source"] == "meter"
+
+
 def test_tariff_registers_are_summed_when_the_total_is_missing(endpoint):
     endpoint.publish(
         make_readout(

@@ -54,6 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 
 from iskra_me162.errors import ConfigError, SinkError
+from iskra_me162.p1 import P1Calculator
 from iskra_me162.readout import Readout
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,15 @@ class _Snapshot:
     readings_tail: bytes
 
     @classmethod
-    def render(cls, readout: Readout, stale_after: float) -> _Snapshot:
+    def render(
+        cls,
+        readout: Readout,
+        stale_after: float,
+        power_w: Decimal | None = None,
+        power_source: str = "meter",
+    ) -> _Snapshot:
+        """``power_w`` is the meter's own power register or, for meters without one, the
+        power from the counters (``power_source`` says which: "meter" or "counters")."""
         when = _iso_utc(readout.wall_time)
         import_kwh = _energy_kwh(readout, 1)
         cumulated = None
@@ -243,7 +252,8 @@ class _Snapshot:
             },
             "import_kwh": import_kwh,
             "export_kwh": _energy_kwh(readout, 2),
-            "power_w": _power_w(readout),
+            "power_w": power_w,
+            "power_source": power_source if power_w is not None else None,
             "readings": [
                 {
                     "obis": str(reading.code),
@@ -733,6 +743,9 @@ class HttpEndpoint:
         self._max_connections = max_connections
         self._request_timeout = float(request_timeout)
         self._latest = _Latest()
+        # Meters without a power register (the ME162): power from the counters of consecutive
+        # readouts, as for Domoticz. Longer gaps than this give no figure rather than an average.
+        self._power_from_counters = P1Calculator(max_interval_s=max(3.5 * stale_after, 900.0))
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -781,7 +794,18 @@ class HttpEndpoint:
 
     def publish(self, readout: Readout) -> None:
         """Serve ``readout`` from now on. Renders it and swaps a reference: never waits."""
-        self._latest.set(_Snapshot.render(readout, self._stale_after))
+        power, source = _power_w(readout), "meter"
+        if power is None:
+            power, source = self._counter_power(readout), "counters"
+        self._latest.set(_Snapshot.render(readout, self._stale_after, power, source))
+
+    def _counter_power(self, readout: Readout) -> Decimal | None:
+        try:
+            values = self._power_from_counters.use(readout)
+        except SinkError as error:  # no usable energy registers: no power either
+            logger.debug("no power from the counters: %s", error)
+            return None
+        return None if values is None else Decimal(values.cons - values.prod)
 
     def close(self) -> None:
         """Stop serving, drop every connection, free the port and join the threads."""
