@@ -394,6 +394,10 @@ class Daemon:
         except IskraError as error:
             self.problems.problem("meter", f"readout rejected: {error}")
             return None
+        except Exception:  # a bug: log it whole, keep the port fresh, and keep going
+            log.exception("unexpected error while reading the meter (please report this)")
+            self.meter.close()
+            return None
         self.problems.ok("meter", "good readout again")
         # A push meter sends a frame every few seconds: its frames are logged at debug level,
         # the scheduled pushes at info level (see _push_step).
@@ -412,6 +416,9 @@ class Daemon:
                 sink.publish(readout)
             except SinkError as error:
                 self.problems.problem(sink.name, str(error))
+                sink_states.append(f"{sink.name} failing")
+            except Exception:  # a bug in a sink must not stop the meter loop or other sinks
+                log.exception("%s: unexpected error (please report this)", sink.name)
                 sink_states.append(f"{sink.name} failing")
             else:
                 self.problems.ok(sink.name)

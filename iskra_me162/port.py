@@ -18,9 +18,12 @@ Two habits keep it working on every kind of line:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import termios
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 from iskra_me162.errors import MeterTimeout, PortError
 
@@ -52,6 +55,10 @@ def escape(data: bytes) -> str:
     return "".join(out)
 
 
+class _UnsupportedFormat(Exception):
+    """The device refused the data bits or parity (EINVAL): a pseudo-terminal."""
+
+
 def _is_url(port: str) -> bool:
     return "://" in port
 
@@ -80,6 +87,8 @@ class Port:
         self.emulate_seven_bits = seven_bit_line and self.bytesize == 8
         self.tick = tick or (lambda: None)
         self._serial = None  # serial.SerialBase when open
+        self._mask_input = self.emulate_seven_bits
+        self._pty_fallback_logged = False
 
     # --- opening and closing -----------------------------------------------------------------
     @property
@@ -95,21 +104,46 @@ class Port:
         if URL_HANDLER_PACKAGE not in serial.protocol_handler_packages:
             serial.protocol_handler_packages.append(URL_HANDLER_PACKAGE)
         try:
+            ser = self._open(serial, self.bytesize, self.parity)
+        except _UnsupportedFormat:
+            # Only a pseudo-terminal refuses 7 data bits or parity outright (EINVAL): real
+            # UARTs take them, and USB adapters that cannot do them silently use 8N1. A pty
+            # carries bytes, not bits, so 8N1 with 7-bit masking loses nothing there.
+            if not self._pty_fallback_logged:
+                log.info(
+                    "%s cannot do %s (a pseudo-terminal?): using 8N1, bytes masked to 7 bits",
+                    self.url,
+                    self.format_name,
+                )
+                self._pty_fallback_logged = True
+            try:
+                ser = self._open(serial, 8, "N")
+            except _UnsupportedFormat as error:
+                raise PortError(f"cannot open {self.url}: {error}") from None
+            self._mask_input = True
+        self._serial = ser
+        log.info("opened %s at %d baud %s", self.url, ser.baudrate, self.format_name)
+
+    def _open(self, serial: ModuleType, bytesize: int, parity: str):  # noqa: ANN202 - SerialBase
+        try:
             ser = serial.serial_for_url(self.url, do_not_open=True)
             # Everything is set before open(): see the module docstring for why.
             ser.baudrate = self.initial_baudrate
-            ser.bytesize = self.bytesize
-            ser.parity = self.parity
+            ser.bytesize = bytesize
+            ser.parity = parity
             ser.stopbits = self.stopbits
             ser.timeout = READ_SLICE
             ser.write_timeout = 10.0
             if not _is_url(self.url):
                 ser.exclusive = True  # another reader on the same head garbles both
             ser.open()
+        except termios.error as error:  # not an OSError: pyserial lets it through
+            if error.args and error.args[0] == errno.EINVAL and (bytesize != 8 or parity != "N"):
+                raise _UnsupportedFormat(str(error)) from None
+            raise PortError(f"cannot open {self.url}: {_reason(error)}") from None
         except (OSError, ValueError, serial.SerialException) as error:
             raise PortError(f"cannot open {self.url}: {_reason(error)}") from None
-        self._serial = ser
-        log.info("opened %s at %d baud %s", self.url, ser.baudrate, self.format_name)
+        return ser
 
     @property
     def format_name(self) -> str:
@@ -149,7 +183,7 @@ class Port:
             return
         try:
             ser.baudrate = baudrate
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, termios.error) as error:
             self.close()
             raise PortError(f"cannot set {self.url} to {baudrate} baud: {_reason(error)}") from None
         log.debug("%s now at %d baud", self.url, baudrate)
@@ -160,7 +194,7 @@ class Port:
         ser = self._require()
         try:
             ser.reset_input_buffer()
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, termios.error) as error:
             self._fail("flushing", error)
 
     def write(self, data: bytes) -> None:
@@ -190,7 +224,7 @@ class Port:
             except Exception as error:  # noqa: BLE001 - SerialException, OSError, TypeError ...
                 self._fail("reading from", error)
             if chunk:
-                if self.emulate_seven_bits:
+                if self._mask_input:
                     chunk = chunk.translate(_SEVEN_BITS)
                 log.debug("RX %s", escape(chunk))
                 return chunk
