@@ -91,6 +91,13 @@ _REACTION_TIME_STANDARD = 0.2
 _IDENT_RE = re.compile(rb"/([A-Za-z]{3})([!-~])(?:\\([!-~]))?([ -~]*)")
 _DATA_SET_RE = re.compile(r"\s*([0-9A-Za-z][0-9A-Za-z:.*&-]*)((?:\([^()]*\))+)", re.ASCII)
 _VALUE_RE = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:\*([^\s()*]*))?", re.ASCII)
+# The common line, one data set with one group (``1.8.0(0001234.567*kWh)``, ``C.1.0(12345678)``):
+# the data set and the value in one match. Whatever it matches, the general path below reads
+# the same way; every other line takes the general path.
+_SIMPLE_LINE_RE = re.compile(
+    r"([0-9A-Za-z][0-9A-Za-z:.*&-]*)\((([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:\*([^\s()*]*))?)\)",
+    re.ASCII,
+)
 _DSMR_TIME_RE = re.compile(r"\d{12}[SW]", re.ASCII)
 _DSMR_END_RE = re.compile(rb"!([0-9A-Fa-f]{4})?\r?\n")
 _HEX4_RE = re.compile(rb"[0-9A-Fa-f]{4}")
@@ -578,11 +585,24 @@ def parse_data_lines(text: str) -> tuple[Reading, ...]:
     data sets are skipped with a DEBUG log. Never raises.
     """
     readings: list[Reading] = []
+    append = readings.append
+    simple_line = _SIMPLE_LINE_RE.fullmatch
     for line in text.splitlines():
         if not line:
             continue
         if line[0] == "!":
             break
+        simple = simple_line(line)
+        if simple is not None:
+            code_text, group, number, unit = simple.groups()
+            code = _obis(code_text)
+            if code is not None:
+                # The rules of _number(), inline: this loop runs for every register.
+                if unit is None and ("." not in number or code.c not in _PHYSICAL_C):
+                    append(Reading(code, None, None, group))
+                else:
+                    append(Reading(code, Decimal(number), unit, group))
+                continue
         pos = 0
         length = len(line)
         while pos < length:
@@ -595,7 +615,7 @@ def parse_data_lines(text: str) -> tuple[Reading, ...]:
             if code is None:
                 log.debug("ignored data set with unknown code %r", match.group(0)[:80])
             else:
-                readings.append(_reading(code, groups_text[1:-1].split(")(")))
+                append(_reading(code, groups_text[1:-1].split(")(")))
             pos = match.end()
     return tuple(readings)
 
