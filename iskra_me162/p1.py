@@ -13,6 +13,11 @@ the power drawn from (fed into) the grid in whole W. The rules, per direction:
   the total import (export) energy, 1.8.0 (2.8.0) or the sum of the tariff registers, between
   two used readouts divided by their monotonic time difference (see :mod:`iskra_me162.state`).
 
+A readout whose set of energy registers differs from that of the readouts before it (a meter that
+now and then leaves a line out) is *held back*: not used, nothing sent, because a missing tariff
+register would otherwise go out as a counter of 0. Only when the meter sends the new set
+:data:`SHAPE_CONFIRMATIONS` times in a row is it taken as the meter's new normal.
+
 A readout is *used* when it is published or observed; power always comes from the previous used
 readout, not the previous *sent* one. So when Domoticz was down for an hour, the first successful
 push shows the power of the last readout interval (what the house draws now), not the average over
@@ -45,6 +50,9 @@ from iskra_me162.state import (
 log = logging.getLogger(__name__)
 
 _TARIFFS = range(1, 10)  # x.8.1 .. x.8.9; only 1 and 2 are sent, all count for power
+# Readouts in a row with the same changed set of energy registers before it counts as the
+# meter's new normal (a reconfigured meter) rather than a glitch (a line left out once).
+SHAPE_CONFIRMATIONS = 3
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,9 @@ class P1Calculator:
         self._max_interval_s = max_interval_s
         self._baseline: CounterSnapshot | None = None
         self._baseline_values: P1Values | None = None
+        self._shape: frozenset[str] | None = None  # energy registers of the used readouts
+        self._new_shape: frozenset[str] | None = None  # a different set seen lately ...
+        self._new_shape_seen = 0  # ... this many times in a row
         self._no_baseline_reason = "there is no earlier readout (cold start)"
         saved = state.load() if state is not None else None
         if saved is not None and state is not None:
@@ -196,11 +207,20 @@ class P1Calculator:
                 )
 
     def preview(self, readout: Readout) -> P1Values | None:
-        """What ``use`` would return now (None: power waits for a second readout)."""
+        """What ``use`` would return now (None: power waits for a second readout, or the
+        readout would be held back)."""
+        if not self._shape_accepted(energy_registers(readout), commit=False):
+            return None
         return self._evaluate(readout).values
 
     def use(self, readout: Readout) -> P1Values | None:
-        """Consume ``readout``: its values (None: waiting) and it becomes the power baseline."""
+        """Consume ``readout``: its values (None: waiting) and it becomes the power baseline.
+
+        A held-back readout (see the module documentation) gives None and changes nothing.
+        """
+        read_counters(readout, self._swap_tariffs)  # an unusable readout fails before any change
+        if not self._shape_accepted(energy_registers(readout), commit=True):
+            return None
         evaluation = self._evaluate(readout)
         rebase = evaluation.rebase
         if rebase is not None and (rebase.warn or evaluation.values is None):
@@ -223,6 +243,46 @@ class P1Calculator:
         self._state.save(
             SavedState(snapshot=snapshot, sent=values.counters, boot_id=self._state.boot_id)
         )
+
+    def _shape_accepted(self, shape: frozenset[str], *, commit: bool) -> bool:
+        """Whether a readout with energy registers ``shape`` may be used; ``commit`` records
+        it (and logs the start and end of a hold-back)."""
+        if self._shape is None or shape == self._shape:
+            if commit:
+                if self._new_shape is not None:
+                    log.warning(
+                        "the meter sends its usual energy registers again (%s)", _names(shape)
+                    )
+                self._shape, self._new_shape, self._new_shape_seen = shape, None, 0
+            return True
+        seen = self._new_shape_seen + 1 if shape == self._new_shape else 1
+        if seen >= SHAPE_CONFIRMATIONS:
+            if commit:
+                log.warning(
+                    "the meter now sends the energy registers %s instead of %s "
+                    "(%d readouts in a row): taking that as its new normal",
+                    _names(shape),
+                    _names(self._shape),
+                    seen,
+                )
+                self._shape, self._new_shape, self._new_shape_seen = shape, None, 0
+            return True
+        if commit:
+            if shape != self._new_shape:
+                missing = _names(self._shape - shape)
+                extra = _names(shape - self._shape)
+                log.warning(
+                    "readout held back, nothing sent: its energy registers differ from the "
+                    "earlier readouts' (missing: %s; new: %s), and a missing counter is never "
+                    "sent as 0; used again when the meter sends %s, or this new set %d times "
+                    "in a row",
+                    missing,
+                    extra,
+                    _names(self._shape),
+                    SHAPE_CONFIRMATIONS,
+                )
+            self._new_shape, self._new_shape_seen = shape, seen
+        return False
 
     def _evaluate(self, readout: Readout) -> _Evaluation:
         counters = read_counters(readout, self._swap_tariffs)
@@ -257,6 +317,20 @@ class P1Calculator:
             prod=_whole_w(produced),
         )
         return _Evaluation(values, snapshot, rebase)
+
+
+def energy_registers(readout: Readout) -> frozenset[str]:
+    """Which current energy registers (1.8.0 .. 1.8.9, 2.8.0 .. 2.8.9) ``readout`` holds."""
+    return frozenset(
+        cde
+        for prefix in ("1.8", "2.8")
+        for number in (0, *_TARIFFS)
+        if readout.get(cde := f"{prefix}.{number}") is not None
+    )
+
+
+def _names(registers: frozenset[str]) -> str:
+    return ", ".join(sorted(registers)) or "none"
 
 
 def _direction(readout: Readout, prefix: str) -> _Direction | None:

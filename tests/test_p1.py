@@ -345,8 +345,44 @@ def test_register_set_change_rebases(caplog):
     calculator = P1Calculator()
     calculator.use(make_readout(0, {"1.8.0": "10.000", "2.8.0": "1.000"}))
     with caplog.at_level(logging.WARNING):
+        # Held back twice (a line left out now and then must not send R1 = 0) ...
         assert calculator.use(make_readout(60, {"1.8.0": "10.001"})) is None
+        assert calculator.use(make_readout(120, {"1.8.0": "10.002"})) is None
+        assert "readout held back" in caplog.text
+        # ... the third time in a row it is the meter's new normal: re-based, then used.
+        assert calculator.use(make_readout(180, {"1.8.0": "10.003"})) is None
     assert "registers changed from 1.8.0|2.8.0 to 1.8.0|-" in caplog.text
+    assert calculator.use(make_readout(240, {"1.8.0": "10.004"})) == P1Values(10004, 0, 0, 0, 60, 0)
+
+
+def test_a_tariff_register_left_out_now_and_then_is_never_sent_as_zero(caplog):
+    full = {"1.8.0": "30.000", "1.8.1": "20.000", "1.8.2": "10.000"}
+    calculator = P1Calculator(state=None)
+    calculator.use(make_readout(0, full))
+    sent = []
+    with caplog.at_level(logging.WARNING):
+        for step in range(1, 9):
+            more = step * Decimal("0.001")
+            registers = {code: f"{Decimal(v) + more:f}" for code, v in full.items()}
+            if step % 3:  # 1.8.1 missing two readouts in a row, then back
+                del registers["1.8.1"]
+            readout = make_readout(step * 60, registers)
+            preview = calculator.preview(readout)
+            values = calculator.use(readout)
+            assert preview == values
+            if values is not None:
+                sent.append(values)
+    assert [values.u1 for values in sent] == [20003, 20006]  # only the complete readouts
+    assert [values.cons for values in sent] == [60, 60]
+    assert caplog.text.count("readout held back") == 3  # once per episode, not per readout
+    assert caplog.text.count("usual energy registers again") == 2
+
+
+def test_a_missing_total_is_held_back_too():
+    calculator = P1Calculator()
+    calculator.use(make_readout(0, {"1.8.0": "30.000", "1.8.1": "20.000"}))
+    assert calculator.use(make_readout(60, {"1.8.1": "20.001"})) is None
+    assert calculator.use(make_readout(120, {"1.8.0": "30.002", "1.8.1": "20.002"})).cons == 60
 
 
 def test_other_meter_rebases(caplog):
