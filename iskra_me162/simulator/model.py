@@ -61,9 +61,22 @@ class Faults:
     silent: bool = False  # answers nothing (head not on the meter, meter dead)
     lockout: float = 0.0  # seconds after a session during which requests are ignored
     high_bit: bool = False  # bytes carry their parity bit in bit 7 (7E1 read as 8N1)
+    # Content faults a checksum cannot catch (a meter firmware or register glitch): the block
+    # is well formed and its BCC is right, only what it says is wrong.
+    glitch_every: int = 0  # the import total and tariff-1 register read glitch_wh Wh off
+    glitch_wh: int = 0  # > 0: a jump ahead, < 0: backwards (the registers themselves go on)
+    omit_every: int = 0  # the line with OBIS code omit_code is left out
+    omit_code: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("noise", "corrupt_every", "bad_bcc_every", "truncate_every"):
+        for name in (
+            "noise",
+            "corrupt_every",
+            "bad_bcc_every",
+            "truncate_every",
+            "glitch_every",
+            "omit_every",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
@@ -71,6 +84,8 @@ class Faults:
             raise ConfigError(f"noise_byte must be 0..255, not {self.noise_byte!r}")
         if not 0 <= self.lockout <= 86400:
             raise ConfigError(f"lockout must be 0..86400 seconds, not {self.lockout!r}")
+        if not isinstance(self.glitch_wh, int) or isinstance(self.glitch_wh, bool):
+            raise ConfigError(f"glitch_wh must be a whole number of Wh, not {self.glitch_wh!r}")
 
 
 def _default_import(tariffs: int) -> tuple[int, ...]:
@@ -328,6 +343,7 @@ class MeterModel:
 
     def _readout_block(self, lines: tuple[tuple[str, str], ...], number: int) -> tuple[bytes, str]:
         """``STX data ! CR LF ETX BCC``, spoilt as the faults ask for readout ``number``."""
+        lines, content_fault = self._content_faults(lines, number)
         text = [f"{code}({value})\r\n".encode("ascii") for code, value in lines]
         payload = b"".join(text) + b"!\r\n" + bytes([ETX])
         check = bcc(payload)
@@ -339,7 +355,30 @@ class MeterModel:
             return bytes([STX]) + flipped + bytes([check]), "corrupt"
         if _every(faults.bad_bcc_every, number):
             return bytes([STX]) + payload + bytes([check ^ 0x01]), "bad_bcc"
-        return bytes([STX]) + payload + bytes([check]), ""
+        return bytes([STX]) + payload + bytes([check]), content_fault
+
+    def _content_faults(
+        self, lines: tuple[tuple[str, str], ...], number: int
+    ) -> tuple[tuple[tuple[str, str], ...], str]:
+        """The lines as a glitching meter would send them (valid BCC, wrong content)."""
+        faults = self.faults
+        names = []
+        if _every(faults.glitch_every, number) and faults.glitch_wh:
+            glitched = {
+                spec.code
+                for spec in self._config.profile.lines
+                if spec.quantity is Quantity.IMPORT_TOTAL
+                or (spec.quantity is Quantity.IMPORT_TARIFF and spec.tariff == 1)
+            }
+            lines = tuple(
+                (code, _shift_energy(value, faults.glitch_wh) if code in glitched else value)
+                for code, value in lines
+            )
+            names.append("glitch")
+        if _every(faults.omit_every, number) and faults.omit_code:
+            lines = tuple((code, value) for code, value in lines if code != faults.omit_code)
+            names.append("omit")
+        return lines, "+".join(names)
 
     def _flip_digit(self, text: list[bytes]) -> list[bytes]:
         """Flip bit 0 of the last digit of the import total (a digit stays a digit)."""
@@ -356,3 +395,11 @@ class MeterModel:
 
 def _every(period: int, number: int) -> bool:
     return period > 0 and number % period == 0
+
+
+def _shift_energy(value: str, wh: int) -> str:
+    """``0001234.567*kWh`` moved by ``wh`` Wh (not below 0), in the same format."""
+    number, _, unit = value.partition("*")
+    whole, _, fraction = number.partition(".")
+    total = max(int(whole) * 1000 + int(fraction) + wh, 0)
+    return f"{total // 1000:0{len(whole)}d}.{total % 1000:03d}*{unit}"
