@@ -67,6 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_UNIT_NAMES: dict[int | None, str | None] = {code: unit_name(code) for code in (None, *range(256))}
 _OBIS_CACHE: dict[bytes, ObisCode] = {}
 _OBIS_CACHE_SIZE = 1024
 
@@ -225,15 +226,19 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
                 logger.debug("SML entry with a %d-byte objName skipped", len(obj_name))
                 continue
             code = _cached_obis(obj_name)
-        if type(entry.value) is int:
+        value = entry.value
+        if type(value) is int:
             number = entry.scaled_value
             raw = str(number)
         else:
             number = None
             raw = entry.text
-        readings.append(Reading(code, number, unit_name(entry.unit), raw))
+        unit = entry.unit
+        # The table holds every one-byte unit code; anything else asks unit_name().
+        name = _UNIT_NAMES[unit] if unit in _UNIT_NAMES else unit_name(unit)
+        readings.append(Reading(code, number, name, raw))
         if not manufacturer and obj_name in _MANUFACTURER_OBIS:
-            manufacturer = _manufacturer_flag(entry.value)
+            manufacturer = _manufacturer_flag(value)
     server_id = frame.server_id or b""
     if not manufacturer:
         manufacturer = _manufacturer_from_server_id(server_id)
