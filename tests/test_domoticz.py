@@ -273,6 +273,14 @@ def test_wrong_password_is_a_401_with_a_hint(auth_stub):
     assert "\n" not in message
 
 
+def test_non_ascii_user_and_password_are_sent_as_utf8():
+    # A German user's password with umlauts: Domoticz compares UTF-8 bytes.
+    with DomoticzStub(username="zähler", password="Schlüssel-Ärger", devices={IDX}) as server:
+        sink = sink_for(server.server, username="zähler", password="Schlüssel-Ärger")
+        assert sink.publish(with_power(10)) is not None
+        assert server.requests[0].auth_user == "zähler" and server.requests[0].authorized
+
+
 def test_missing_credentials_is_a_401(auth_stub):
     with pytest.raises(SinkError, match=r"wants a login \(HTTP 401\)"):
         sink_for(auth_stub.server).publish(with_power(10))

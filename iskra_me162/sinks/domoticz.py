@@ -167,7 +167,9 @@ class DomoticzClient:
             session.trust_env = False
             if self._username:
                 # requests' auth= sends the header with the first request, no challenge needed.
-                session.auth = (self._username, self._password)
+                # As UTF-8 bytes: requests would encode text as Latin-1, and then a password
+                # with an umlaut never matches the one Domoticz's web UI stored (UTF-8).
+                session.auth = (self._username.encode("utf-8"), self._password.encode("utf-8"))
             self._session = session
         try:
             with warnings.catch_warnings():
