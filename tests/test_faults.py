@@ -612,3 +612,33 @@ def test_wall_clock_jumps_change_neither_power_nor_schedule(tmp_path, domoticz):
     gaps = [later - earlier for earlier, later in itertools.pairwise(served)]
     assert all(0.5 * INTERVAL <= gap <= 2 * INTERVAL for gap in gaps), gaps
     assert any(at > jumped for at in served)
+
+
+# --- systemd that does not read its notification socket ---------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, reported: Notifier.send (iskra_me162/systemd.py) uses a blocking "
+    "socket; once systemd's queue (net.unix.max_dgram_qlen, 10) is full, sendto() blocks the "
+    "meter loop and SIGTERM",
+)
+def test_a_stalled_systemd_notify_socket_blocks_neither_the_loop_nor_sigterm(tmp_path):
+    meter = start_meter(tmp_path / "ttyIR")
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # bound, never read
+    stalled.bind(str(tmp_path / "notify"))
+    config = daemon_config(tmp_path, str(meter.link), None, print_debug=1)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
+    daemon = DaemonProcess(config, env=env)
+    try:
+        time.sleep(8)  # READY, STATUS and a WATCHDOG ping every 0.5 s: the queue is full
+        served_before = len(meter.readouts)
+        time.sleep(3 * INTERVAL)
+        served_after = len(meter.readouts)
+        status, took = daemon.stop(timeout=4)
+    finally:
+        daemon.close()
+        meter.stop()
+        stalled.close()
+    assert served_after >= served_before + 2, "the meter loop stood still"
+    assert status == 0 and took < 2.0
