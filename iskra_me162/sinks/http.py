@@ -588,7 +588,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # close() shuts connections down and joins them itself
-    request_queue_size = 128  # listen backlog: a burst of connects must not wait for SYN retries
+    # Listen backlog: a burst of connects must not wait for SYN retries. 128 was too small:
+    # with 200 idle connections opened at once the queue overflowed and the kernel dropped a
+    # real client's SYN, which then came a second later. Linux clamps this to somaxconn.
+    request_queue_size = 1024
 
     def __init__(
         self,
