@@ -40,8 +40,10 @@ class Notifier:
             return
         try:
             if self._socket is None:
+                # Non-blocking: a systemd that does not read its queue (10 datagrams) must
+                # cost us a lost notification, never a stalled meter loop or a late SIGTERM.
                 self._socket = socket.socket(
-                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
                 )
             self._socket.sendto(message.encode("utf-8", "replace"), self._address)
         except OSError as error:

@@ -592,12 +592,6 @@ def test_wall_clock_jumps_change_neither_power_nor_schedule(tmp_path, domoticz):
 # --- systemd that does not read its notification socket ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported: Notifier.send (iskra_me162/systemd.py) uses a blocking "
-    "socket; once systemd's queue (net.unix.max_dgram_qlen, 10) is full, sendto() blocks the "
-    "meter loop and SIGTERM",
-)
 def test_a_stalled_systemd_notify_socket_blocks_neither_the_loop_nor_sigterm(tmp_path):
     meter = start_meter(tmp_path / "ttyIR")
     stalled = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # bound, never read
