@@ -611,3 +611,29 @@ def test_a_stalled_systemd_notify_socket_blocks_neither_the_loop_nor_sigterm(tmp
         stalled.close()
     assert served_after >= served_before + 2, "the meter loop stood still"
     assert status == 0 and took < 2.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, reported: a CA file path the OS refuses to stat (ENAMETOOLONG, EACCES) "
+    "raises OSError from config.py, which Daemon.reload does not catch: the daemon dies",
+)
+def test_sighup_with_a_ca_file_the_system_cannot_check_keeps_the_daemon_running(tmp_path):
+    meter = start_meter(tmp_path / "ttyIR")
+    config = daemon_config(tmp_path, str(meter.link), None, print_debug=1)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_for_log(r"ME162-0033: 1\.8\.0", timeout=30)
+        with config.open("a") as handle:
+            handle.write(f'domoticz_ca_file = "/etc/{"x" * 300}.pem"\n')
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for_log(r"reload failed, keeping the running configuration", timeout=10)
+        count = len(meter.readouts)
+        time.sleep(2 * INTERVAL + 1)
+        assert daemon.process.poll() is None, daemon.output
+        assert len(meter.readouts) >= count + 2
+    finally:
+        status, _ = daemon.stop()
+        daemon.close()
+        meter.stop()
+    assert status == 0
