@@ -5,7 +5,8 @@ ignored, corrupted readouts mixed with good ones, SIGTERM at 300 baud, SIGHUP wi
 config, Domoticz 500, watchdog, silent meter) are not repeated here; this file adds the rest:
 a by-id link that comes back pointing at a new tty, half readouts, line noise with NULs and
 8th-bit bytes, readouts that pass their BCC but say absurd things, every Domoticz failure mode,
-every state file problem including a full disk, and wall-clock jumps.
+every state file problem including a full disk, wall-clock jumps, a systemd that does not read
+its notification socket, and a reload with a config the system cannot check.
 
 Every test runs the real daemon (tests/daemonproc.py) against a simulated meter on a real pty
 and, where it pushes, the strict Domoticz stand-in (tests/httpstub.py) on 127.0.0.1.
