@@ -458,8 +458,10 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
                 lines["domoticzpassword"],
             )
     for key in ("domoticz_ca_file", "mqtt_ca_file"):
-        if settings[key] and not Path(settings[key]).is_file():
-            raise ConfigError(f"{key} {settings[key]!r} does not exist", path, lines[key])
+        if settings[key]:
+            problem = _file_problem(settings[key])
+            if problem:
+                raise ConfigError(f"{key} {settings[key]!r} {problem}", path, lines[key])
     if settings["mqtt_host"]:
         if settings["mqtt_password"] and not settings["mqtt_username"]:
             raise ConfigError(
@@ -488,6 +490,16 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
         settings["serial_format"] = SERIAL_FORMAT_DEFAULTS[settings["protocol"]]
     settings["serial_format"] = settings["serial_format"].upper()
     return Config(path=path, warnings=tuple(warnings), **settings)
+
+
+def _file_problem(name: str) -> str | None:
+    """Why ``name`` is not a readable regular file, or None when it is."""
+    try:
+        if Path(name).is_file():
+            return None
+    except OSError as error:  # ENAMETOOLONG, EACCES ...: is_file() raises these
+        return f"cannot be checked: {error.strerror}"
+    return "does not exist or is not a file"
 
 
 def _with_warning(config: Config, warning: str) -> Config:

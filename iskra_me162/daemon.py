@@ -453,7 +453,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config.path)
-        except ConfigError as error:
+        except Exception as error:  # ConfigError, or a bug: never die on a reload
+            if not isinstance(error, ConfigError):
+                log.exception("unexpected error while reading the configuration")
             log.error("reload failed, keeping the running configuration: %s", error)
             self.notifier.status(f"reload failed: {error}")
             self.notifier.send("READY=1")

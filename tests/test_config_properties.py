@@ -258,12 +258,6 @@ def test_valid_values_survive_writing_and_reading_back(case):
 # --- findings of fuzz/fuzz_config.py ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="known bug, reported: config.py checks the CA files with Path.is_file(), which "
-    "raises OSError for ENAMETOOLONG and EACCES instead of returning False",
-)
 @pytest.mark.parametrize("key", ["domoticz_ca_file", "mqtt_ca_file"])
 def test_a_ca_file_name_the_system_refuses_is_a_config_error(key):
     # Found by fuzz/fuzz_config.py: a file name longer than the file system allows.

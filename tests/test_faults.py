@@ -614,11 +614,6 @@ def test_a_stalled_systemd_notify_socket_blocks_neither_the_loop_nor_sigterm(tmp
     assert status == 0 and took < 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported: a CA file path the OS refuses to stat (ENAMETOOLONG, EACCES) "
-    "raises OSError from config.py, which Daemon.reload does not catch: the daemon dies",
-)
 def test_sighup_with_a_ca_file_the_system_cannot_check_keeps_the_daemon_running(tmp_path):
     meter = start_meter(tmp_path / "ttyIR")
     config = daemon_config(tmp_path, str(meter.link), None, print_debug=1)
