@@ -89,7 +89,7 @@ def test_the_password_appears_in_no_output_at_debug_level_2(tmp_path, meter):
     http_port = free_port()
     settings = {
         "port": str(meter.link),
-        "update_interval": INTERVAL,
+        "update_interval": 1,
         "print_debug": 2,
         "state_file": str(tmp_path / "state.json"),
         "domoticzserver": stub.server,
