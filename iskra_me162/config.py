@@ -236,6 +236,7 @@ _LINE_RE = re.compile(r"^\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)
 _STRING_RE = re.compile(r"""(?P<q>["'])(?P<body>(?:\\.|(?!(?P=q))[^\\])*)(?P=q)""")
 _INT_RE = re.compile(r"[+-]?\d+")
 _FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_LINE_END = re.compile(r"\r\n|\n|\r")
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
 
 
@@ -378,7 +379,9 @@ def parse_text(
     values: dict[str, Value] = {}
     lines: dict[str, int] = {}
     warnings: list[str] = []
-    for number, raw_line in enumerate(text.splitlines(), start=1):
+    # Only CR, LF and CR LF end a line: str.splitlines() would also split inside a value at
+    # \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029.
+    for number, raw_line in enumerate(_LINE_END.split(text), start=1):
         line = _strip_comment(raw_line).strip()
         if not line:
             continue

@@ -300,6 +300,11 @@ class P1Calculator:
                 max_interval_s=self._max_interval_s,
             )
         rebase = delta if isinstance(delta, Rebase) else None
+        if rebase is not None and rebase.warn:
+            # A counter that went backwards or jumped beyond what the meter can measure is a
+            # glitch or a new meter: its counters are not sent even when the meter reports its
+            # power itself. The readout becomes the new base; the next consistent one is sent.
+            return _Evaluation(None, snapshot, rebase)
         consumed, produced = register_power(readout)
         if produced is None and counters.export_wh is None:
             produced = Decimal(0)  # the meter counts no export: there is none

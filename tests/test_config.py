@@ -156,6 +156,12 @@ def test_python_code_is_an_error_and_never_runs(tmp_path, payload):
     assert not marker.exists()
 
 
+def test_unusual_unicode_line_breaks_stay_inside_a_value():
+    config = config_from_text('domoticzusername = "a\u2028b\x0cc"\r\nport = "/dev/x"\r\n')
+    assert config.domoticzusername == "a\u2028b\x0cc"
+    assert config.port == "/dev/x"
+
+
 def test_update_interval_below_a_minute_warns():
     config = config_from_text("update_interval = 5\n", "/etc/x")
     assert config.update_interval == 5

@@ -534,7 +534,7 @@ def test_password_is_never_logged_nor_in_errors(caplog, certificate):
         for failure in ("401", "403", "404", "500", "err", "error", "garbage", "hang"):
             server.failure = failure
             with pytest.raises(SinkError) as caught:
-                sink.publish(with_power(10 + len(texts), f"8048.{len(texts):03d}"))
+                sink.publish(with_power(10 + len(texts), f"8048.{375 + len(texts):03d}"))
             texts.append(failure_text(caught.value))
         sink.close()
     wrong = sink_for(server.server, username=USER, password=PASSWORD, timeout=0.5)

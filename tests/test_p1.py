@@ -332,13 +332,16 @@ def test_default_maximum_is_100_kw():
     assert calculator.use(make_readout(72, {"1.8.0": "2.001"})) is None  # 100.1 kW
 
 
-def test_absurd_jump_is_ignored_when_the_meter_reports_power(caplog):
+def test_absurd_jump_is_not_sent_even_when_the_meter_reports_power(caplog):
     calculator = P1Calculator()
     calculator.use(make_readout(0, {"1.8.0": "0", "1.7.0": "1.0"}))
     with caplog.at_level(logging.WARNING):
-        values = calculator.use(make_readout(1, {"1.8.0": "99999", "1.7.0": "1.0"}))
-    assert values == P1Values(99999000, 0, 0, 0, 1000, 0)
-    assert "jumped" in caplog.text  # still logged
+        # Domoticz would book the jump as consumed energy: never sent.
+        assert calculator.use(make_readout(1, {"1.8.0": "99999", "1.7.0": "1.0"})) is None
+    assert "jumped" in caplog.text
+    # A new meter (or a counter that really is there now): the next consistent readout counts.
+    values = calculator.use(make_readout(61, {"1.8.0": "99999.016", "1.7.0": "1.0"}))
+    assert values == P1Values(99999016, 0, 0, 0, 1000, 0)
 
 
 def test_register_set_change_rebases(caplog):
