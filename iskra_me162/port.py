@@ -200,7 +200,8 @@ class Port:
     def write(self, data: bytes) -> None:
         """Send bytes and wait until they have left the output buffer (tcdrain)."""
         ser = self._require()
-        log.debug("TX %s", escape(data))
+        if log.isEnabledFor(logging.DEBUG):  # escape() costs more than the write itself
+            log.debug("TX %s", escape(data))
         wire = data.translate(_EVEN_PARITY) if self.emulate_seven_bits else data
         try:
             ser.write(wire)
@@ -226,7 +227,8 @@ class Port:
             if chunk:
                 if self._mask_input:
                     chunk = chunk.translate(_SEVEN_BITS)
-                log.debug("RX %s", escape(chunk))
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("RX %s", escape(chunk))
                 return chunk
             if time.monotonic() >= deadline:
                 raise MeterTimeout(
