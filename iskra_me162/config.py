@@ -12,7 +12,6 @@ and line, and nothing in the file is run.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -395,6 +394,8 @@ def parse_text(
         key, value_text = match.group("key"), match.group("value")
         spec = KEYS.get(key)
         if spec is None:
+            import difflib  # only on this error path: it costs a quarter MiB at start-up
+
             hint = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(f"unknown key {key!r}{suggestion}", path, number)
