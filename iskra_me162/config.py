@@ -16,7 +16,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -507,6 +507,4 @@ def _file_problem(name: str) -> str | None:
 
 
 def _with_warning(config: Config, warning: str) -> Config:
-    from dataclasses import replace
-
     return replace(config, warnings=(*config.warnings, warning))

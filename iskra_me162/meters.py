@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 from iskra_me162.errors import MeterTimeout, ProtocolError
 from iskra_me162.obis import Reading
@@ -30,6 +31,17 @@ ACK_DEADLINE = 1.5  # the ACK must leave within this time after the identificati
 HIGHSPEED_RETRY_AFTER = 5
 # Serial-number registers, in order of preference, to name the meter.
 SERIAL_REGISTERS = ("96.1.0", "0.0.0", "96.1.255")
+
+
+T = TypeVar("T")
+
+
+class _Receiver(Protocol[T]):
+    """The shape both sans-I/O receivers of a mode C session share."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def result(self) -> T | None: ...
 
 
 class IecMeter:
@@ -110,28 +122,22 @@ class IecMeter:
     def _receive_identification(self) -> tuple[iec.Identification, bytes]:
         """The identification, and any bytes that came after its line in the same read."""
         receiver = iec.IdentificationReceiver()
-        timeout = FIRST_BYTE_TIMEOUT
-        while True:
-            receiver.feed(self.port.read_some(timeout))
-            ident = receiver.result()
-            if ident is not None:
-                return ident, receiver.trailing_data
-            timeout = GAP_TIMEOUT
+        ident = self._receive(receiver)
+        return ident, receiver.trailing_data
 
     def _receive_data(self, ack: bytes, leftover: bytes) -> iec.DataBlock:
-        receiver = iec.DataReceiver(ack=ack)
+        return self._receive(iec.DataReceiver(ack=ack), leftover)
+
+    def _receive(self, receiver: _Receiver[T], leftover: bytes = b"") -> T:
+        """Feed ``receiver`` until it has its message: the first byte may take the meter's
+        reaction time, later ones at most the inter-character gap."""
         if leftover:
             receiver.feed(leftover)
-            block = receiver.result()
-            if block is not None:
-                return block
         timeout = FIRST_BYTE_TIMEOUT
-        while True:
+        while (message := receiver.result()) is None:
             receiver.feed(self.port.read_some(timeout))
-            block = receiver.result()
-            if block is not None:
-                return block
             timeout = GAP_TIMEOUT
+        return message
 
 
 def _identity(ident: iec.Identification, readings: tuple[Reading, ...]) -> MeterIdentity:
