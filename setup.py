@@ -21,7 +21,7 @@ setup(
     url="https://github.com/iskra-me162/iskra-me162",
     packages=find_packages(include=["iskra_me162", "iskra_me162.*"]),
     python_requires=">=3.10",
-    install_requires=["pyserial>=3.4", "requests>=2.25", "python-daemon>=2.2"],
+    install_requires=["pyserial>=3.4", "python-daemon>=2.2"],
     # MQTT is optional: Debian's python3-paho-mqtt (1.6) or paho-mqtt 2.x from PyPI.
     extras_require={"mqtt": ["paho-mqtt>=1.6"]},
     entry_points={"console_scripts": ["iskra-me162 = iskra_me162.cli:main"]},

@@ -55,9 +55,8 @@ def setup_logging(print_debug: int, secrets: tuple[str, ...] = (), stream: objec
     handler.addFilter(RedactSecrets(secrets))
     root.addHandler(handler)
     root.setLevel(LEVELS.get(print_debug, logging.DEBUG))
-    # Third-party libraries stay at INFO even at print_debug 2: urllib3 logs full URLs, paho
-    # one line per MQTT packet.
-    for noisy in ("urllib3", "requests", "iskra_me162.sinks.mqtt.paho"):
+    # paho stays at INFO even at print_debug 2: it logs one line per MQTT packet.
+    for noisy in ("iskra_me162.sinks.mqtt.paho",):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 

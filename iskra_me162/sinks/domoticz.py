@@ -12,20 +12,19 @@ loses nothing.
 
 Credentials travel only in the Authorization header, sent with the first request (Domoticz never
 sends a WWW-Authenticate challenge): the URL, the logs and the error messages never contain them.
-``requests`` is imported on the first request, so a configuration without Domoticz does not pay
-for it.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import ipaddress
+import json
 import logging
 import re
+import select
 import socket
 import ssl
-import warnings
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from iskra_me162.errors import SinkError
@@ -33,14 +32,16 @@ from iskra_me162.p1 import P1Calculator, P1Values
 from iskra_me162.readout import Readout
 from iskra_me162.state import DEFAULT_MAX_INTERVAL_S, DEFAULT_MAX_POWER_W, StateStore
 
-if TYPE_CHECKING:
-    import requests
-
 log = logging.getLogger(__name__)
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _X509_HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
-_BODY_IN_LOG = 300  # characters of a response body in the debug log
+_BODY_IN_LOG = 300  # bytes of a response body in the debug log
+_MAX_BODY = 64 * 1024  # a udevice answer is ~50 bytes, an error page a few kB
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# The peer closed or reset the connection: on a kept connection, worth one more try.
+_CLOSED_BY_PEER = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+_USER_AGENT = "iskra-me162"
 _PLAIN_HTTP_HINT = (
     "Domoticz 2023.1 and later refuse Basic auth over plain HTTP unless "
     '"Allow Basic-Auth authentication over plain HTTP" is enabled '
@@ -109,7 +110,14 @@ def _valid_host(host: str) -> bool:
 
 
 class DomoticzClient:
-    """The HTTP side: one ``udevice`` request per call, every failure a SinkError."""
+    """The HTTP side: one ``udevice`` request per call, every failure a SinkError.
+
+    Plain :mod:`http.client` on one keep-alive connection: Domoticz needs a GET with a Basic
+    auth header and a small JSON answer, nothing more, and ``requests`` with what it loads would
+    cost 7 MiB of the daemon's 30 MiB budget on a Pi Zero (docs/performance.rst). No proxies,
+    ``.netrc`` or CA variables from the environment: what the config says is what happens, and
+    the credentials go to Domoticz and nowhere else.
+    """
 
     def __init__(
         self,
@@ -123,14 +131,27 @@ class DomoticzClient:
     ) -> None:
         if timeout <= 0:
             raise ValueError("the Domoticz timeout must be positive")
+        parts = urlsplit(base_url)
         self._base_url = base_url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._path_prefix = parts.path
         self._username = username
-        self._password = password
+        # Sent with the first request (Domoticz never challenges). As UTF-8: Domoticz's web UI
+        # stores the password as UTF-8, so a password with an umlaut sent as Latin-1 never
+        # matches.
+        self._authorization = (
+            "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+            if username
+            else ""
+        )
         self._ca_file = ca_file
-        self._verify: bool | str = (ca_file or True) if verify_tls else False
+        self._verify_tls = verify_tls
         self._timeout = timeout
-        self._session: requests.Session | None = None
-        if not verify_tls and base_url.startswith("https:"):
+        self._tls_context: ssl.SSLContext | None = None
+        self._connection: http.client.HTTPConnection | None = None
+        if not verify_tls and self._https:
             extra = f"; the CA file {ca_file} is not used" if ca_file else ""
             log.warning("TLS certificate of Domoticz at %s is not verified%s", base_url, extra)
 
@@ -139,76 +160,148 @@ class DomoticzClient:
 
     def udevice(self, idx: int, svalue: str, nvalue: int = 0) -> None:
         """Send one device update; return when Domoticz said ``"status": "OK"``."""
-        url = (
-            f"{self._base_url}/json.htm?type=command&param=udevice"
+        target = (
+            f"{self._path_prefix}/json.htm?type=command&param=udevice"
             f"&idx={idx}&nvalue={nvalue}&svalue={svalue}"
         )
         auth = f" as user {self._username!r}" if self._username else ""
-        log.debug("GET %s%s", url, auth)
-        response = self._get(url)
-        body = response.text
-        log.debug("HTTP %d from Domoticz: %s", response.status_code, body[:_BODY_IN_LOG])
-        self._check(response, idx)
+        log.debug("GET %s%s%s", self._base_url, target[len(self._path_prefix) :], auth)
+        status, body = self._get(target)
+        log.debug(
+            "HTTP %d from Domoticz: %s", status, body[:_BODY_IN_LOG].decode("utf-8", "replace")
+        )
+        self._check(status, body, idx)
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
-    def _get(self, url: str) -> requests.Response:
-        # Lazily: a configuration without Domoticz never loads requests.
-        import requests
-        from urllib3.exceptions import InsecureRequestWarning
+    # --- the request -------------------------------------------------------------------------
 
-        if self._session is None:
-            session = requests.Session()
-            # No proxies, .netrc or REQUESTS_CA_BUNDLE from the environment: what the config
-            # says is what happens, and the credentials go to Domoticz and nowhere else.
-            session.trust_env = False
-            if self._username:
-                # requests' auth= sends the header with the first request, no challenge needed.
-                # As UTF-8 bytes: requests would encode text as Latin-1, and then a password
-                # with an umlaut never matches the one Domoticz's web UI stored (UTF-8).
-                session.auth = (self._username.encode("utf-8"), self._password.encode("utf-8"))
-            self._session = session
+    def _get(self, target: str) -> tuple[int, bytes]:
+        """Status and body of ``GET target``, on the kept connection if Domoticz kept it open."""
+        if self._connection is not None and _dropped(self._connection):
+            self.close()  # Domoticz closed the idle connection since the last update
+        reused = self._connection is not None
         try:
-            with warnings.catch_warnings():
-                if self._verify is False:  # asked for explicitly and logged once, not per request
-                    warnings.simplefilter("ignore", InsecureRequestWarning)
-                return self._session.get(
-                    url, timeout=(self._timeout, self._timeout), verify=self._verify
-                )
-        except requests.exceptions.SSLError as error:
+            try:
+                return self._exchange(target)
+            except _CLOSED_BY_PEER:
+                if not reused:
+                    raise
+                # Domoticz closed the kept connection just as this request went out: one more
+                # try on a new connection (an update sent twice only repeats the same values).
+                log.debug("kept connection to Domoticz was closed; connecting again")
+                self.close()
+                return self._exchange(target)
+        except _CLOSED_BY_PEER as error:
+            self.close()
+            raise SinkError(
+                f"cannot reach Domoticz at {self._base_url}: {_connection_reason(error)}"
+            ) from error
+        except BaseException:
+            self.close()  # never reuse a connection in an unknown state
+            raise
+
+    def _exchange(self, target: str) -> tuple[int, bytes]:
+        connection = self._connection or self._connect()
+        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+        if self._authorization:
+            headers["Authorization"] = self._authorization
+        try:
+            connection.request("GET", target, headers=headers)
+            response = connection.getresponse()
+            if response.length is not None and response.length > _MAX_BODY:
+                body = b""  # not read at all: no Domoticz answer is that long
+            else:
+                body = response.read(_MAX_BODY if response.length is None else None)
+        except TimeoutError as error:
+            raise SinkError(
+                f"Domoticz at {self._base_url} did not answer within {self._timeout:g} s"
+            ) from error
+        except ssl.SSLError as error:
             raise SinkError(self._tls_message(error)) from error
-        except requests.exceptions.ConnectTimeout as error:
+        except _CLOSED_BY_PEER:
+            raise  # _get may try once more on a new connection
+        except OSError as error:
+            raise SinkError(
+                f"cannot reach Domoticz at {self._base_url}: {_connection_reason(error)}"
+            ) from error
+        except http.client.HTTPException as error:
+            raise SinkError(
+                f"Domoticz at {self._base_url} sent no valid HTTP answer ({type(error).__name__})"
+            ) from error
+        if response.will_close or not response.isclosed():
+            # Closed by Domoticz, or more than _MAX_BODY (no Domoticz answer is that long): the
+            # rest is not read, and a connection with unread bytes cannot carry the next request.
+            self.close()
+        if response.status in _REDIRECTS:
+            raise SinkError(self._redirect_message(response.status, response.getheader("Location")))
+        return response.status, body
+
+    def _connect(self) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection
+        if self._https:
+            connection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._context()
+            )
+        else:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            connection.connect()
+        except TimeoutError as error:
             raise SinkError(
                 f"Domoticz at {self._base_url} did not accept a connection within "
                 f"{self._timeout:g} s"
             ) from error
-        except requests.exceptions.ReadTimeout as error:
-            raise SinkError(
-                f"Domoticz at {self._base_url} did not answer within {self._timeout:g} s"
-            ) from error
-        except requests.exceptions.ConnectionError as error:
+        except ssl.SSLError as error:
+            raise SinkError(self._tls_message(error)) from error
+        except OSError as error:
             raise SinkError(
                 f"cannot reach Domoticz at {self._base_url}: {_connection_reason(error)}"
             ) from error
-        except requests.exceptions.RequestException as error:
-            raise SinkError(
-                f"request to Domoticz at {self._base_url} failed ({type(error).__name__})"
-            ) from error
-        except OSError as error:  # e.g. the CA file vanished: requests raises a bare OSError
-            raise SinkError(
-                f"cannot talk to Domoticz at {self._base_url}: {error.strerror or 'TLS set-up'} "
-                f"(CA file {self._ca_file or 'none'})"
-            ) from error
+        self._connection = connection
+        return connection
 
-    def _tls_message(self, error: Exception) -> str:
+    def _context(self) -> ssl.SSLContext:
+        """The TLS settings, made once; a CA file that cannot be read is tried again next time."""
+        if self._tls_context is None:
+            if not self._verify_tls:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            else:
+                try:
+                    context = ssl.create_default_context(cafile=self._ca_file or None)
+                except ssl.SSLError as error:
+                    reason = error.reason or "not a PEM certificate"
+                    raise SinkError(
+                        f"cannot use the Domoticz CA file {self._ca_file} ({reason})"
+                    ) from error
+                except OSError as error:
+                    raise SinkError(
+                        f"cannot use the Domoticz CA file {self._ca_file} "
+                        f"({error.strerror or 'unreadable'})"
+                    ) from error
+            self._tls_context = context
+        return self._tls_context
+
+    def _redirect_message(self, status: int, location: str | None) -> str:
+        # Not followed: the config names the server, and the Authorization header must not go
+        # anywhere else. Only scheme, host and path of the target are shown (no query, no user).
+        target = urlsplit(location or "")
+        shown = f"{target.scheme}://{target.hostname}{target.path}" if target.hostname else "?"
+        return (
+            f"Domoticz at {self._base_url} redirects to {shown[:120]} (HTTP {status}); "
+            "set the Domoticz server to the address it redirects to"
+        )
+
+    def _tls_message(self, error: ssl.SSLError) -> str:
         where = f"Domoticz at {self._base_url}"
-        verification = _find(error, ssl.SSLCertVerificationError)
-        if verification is not None:
-            detail = getattr(verification, "verify_message", "") or "certificate not trusted"
-            if getattr(verification, "verify_code", 0) == _X509_HOSTNAME_MISMATCH:
+        if isinstance(error, ssl.SSLCertVerificationError):
+            detail = error.verify_message or "certificate not trusted"
+            if error.verify_code == _X509_HOSTNAME_MISMATCH:
                 return (
                     f"the TLS certificate of {where} is for another host name ({detail}); "
                     "use the host name the certificate was made for"
@@ -218,16 +311,12 @@ class DomoticzClient:
                 "give its CA certificate as the Domoticz CA file, "
                 "or turn TLS verification off explicitly"
             )
-        ssl_error = _find(error, ssl.SSLError)
-        reason = getattr(ssl_error, "reason", None) or "handshake failed"
+        reason = error.reason or "handshake failed"
         if reason == "WRONG_VERSION_NUMBER":
             return f"{where} does not speak TLS (is it plain http://?)"
-        if self._ca_file and getattr(ssl_error, "library", None) in ("X509", "PEM"):
-            return f"cannot use the Domoticz CA file {self._ca_file} ({reason})"
         return f"TLS with {where} failed ({reason})"
 
-    def _check(self, response: requests.Response, idx: int) -> None:
-        code = response.status_code
+    def _check(self, code: int, body: bytes, idx: int) -> None:
         where = f"Domoticz at {self._base_url}"
         if code == 401:
             if self._username:
@@ -252,8 +341,8 @@ class DomoticzClient:
         if code != 200:
             raise SinkError(f"{where} answered HTTP {code}")
         try:
-            document = response.json()
-        except ValueError:
+            document = json.loads(body)
+        except (ValueError, RecursionError):  # also not UTF-8, or nested too deep
             document = None
         if not isinstance(document, dict):
             raise SinkError(
@@ -276,42 +365,32 @@ class DomoticzClient:
         raise SinkError(f"{where} answered status {shown}, expected OK")
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """The error, its causes and contexts, and urllib3's wrapped ``reason``s, each once."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for linked in (current.__cause__, current.__context__, getattr(current, "reason", None)):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
-        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether a kept connection is unusable: gone, or readable while no answer is due (then
+    Domoticz closed it, or sent something nobody asked for)."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
-def _find(error: BaseException, kind: type[BaseException]) -> BaseException | None:
-    return next((link for link in _chain(error) if isinstance(link, kind)), None)
-
-
-def _connection_reason(error: BaseException) -> str:
+def _connection_reason(error: OSError) -> str:
     """A stable, human cause for a failed connection (no addresses, ports of the OS, objects)."""
-    for link in _chain(error):
-        if isinstance(link, ConnectionRefusedError):
-            return "connection refused (is Domoticz running, is the port right?)"
-        if isinstance(link, socket.gaierror):
-            return "host name not found"
-        if type(link).__name__ == "NameResolutionError":
-            return "host name not found"
-        if type(link).__name__ == "RemoteDisconnected":
-            return "the connection was closed without an answer"
-        if isinstance(link, ConnectionResetError):
-            return "the connection was reset"
-        if isinstance(link, OSError) and link.strerror:
-            return link.strerror
-    return "connection failed"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (is Domoticz running, is the port right?)"
+    if isinstance(error, socket.gaierror):
+        return "host name not found"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return "the connection was closed without an answer"
+    if isinstance(error, ConnectionResetError):
+        return "the connection was reset"
+    if isinstance(error, BrokenPipeError):
+        return "the connection was closed while sending"
+    return error.strerror or "connection failed"
 
 
 class DomoticzSink:
