@@ -57,7 +57,7 @@ def run(quick: bool) -> Section:
             config = write_config(Path(tmp) / f"sml-{name}.conf", **settings)
             process = stack.enter_context(daemon(config))
             runs.append((name, label, meter, process))
-        time.sleep(4.0)  # start-up, the first frames, requests imported for the first push
+        time.sleep(4.0)  # start-up, the first frames, the first push
         before = {}
         for name, _, meter, process in runs:
             before[name] = (cpu_exact_s(process.pid), cpu_ticks_s(process.pid), _last_frame(meter))
