@@ -117,6 +117,30 @@ def test_readouts_carry_exactly_the_served_values(push_meter):
     assert ticks, "the port's tick must run while the meter waits"
 
 
+def test_a_frame_paced_at_9600_baud_is_read_in_few_chunks(tmp_path, caplog):
+    # At 9600 Bd a read right after the previous one returns a byte or two; the meter lets a
+    # begun frame gather (GATHER_S) so that a frame costs ~15 reads, not ~200 (CPU on a Pi).
+    config = SmlPushConfig(interval=0.3, speedup=1.0, import_w=36_000, export_w=1_250)
+    with SmlPtyMeter(tmp_path / "ttyPACED", config) as push:
+        meter = SmlMeter(sml_port(push.port), frame_timeout=5.0)
+        try:
+            meter.read()  # the first readout may start in the middle of a frame
+            caplog.set_level(logging.DEBUG, logger="iskra_me162.port")
+            caplog.clear()
+            readout = meter.read()
+            chunks = [r for r in caplog.records if r.getMessage().startswith("RX ")]
+            received = meter.stats["bytes_received"]
+        finally:
+            meter.close()
+        served = served_frame(readout, push.frames)
+    frame_bytes = len(served.wire)
+    assert frame_bytes > 200 and received > 0
+    # Without the pause: about frame_bytes / 2 chunks. With it: the frame's 10 bits per byte
+    # at 9600 Bd, in slices of GATHER_S, plus the idle gap's first byte; generous bound.
+    on_the_line = frame_bytes * 10 / 9600
+    assert len(chunks) <= on_the_line / sml_meter.GATHER_S * 2 + 5, (len(chunks), frame_bytes)
+
+
 def test_corrupted_frames_never_yield_a_value(push_meter):
     push = push_meter(corrupt_every=2, escape=True)
     meter = SmlMeter(sml_port(push.port), frame_timeout=3.0)
