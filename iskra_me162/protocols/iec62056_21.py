@@ -91,11 +91,14 @@ _REACTION_TIME_STANDARD = 0.2
 _IDENT_RE = re.compile(rb"/([A-Za-z]{3})([!-~])(?:\\([!-~]))?([ -~]*)")
 _DATA_SET_RE = re.compile(r"\s*([0-9A-Za-z][0-9A-Za-z:.*&-]*)((?:\([^()]*\))+)", re.ASCII)
 _VALUE_RE = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:\*([^\s()*]*))?", re.ASCII)
-# The common line, one data set with one group (``1.8.0(0001234.567*kWh)``, ``C.1.0(12345678)``):
-# the data set and the value in one match. Whatever it matches, the general path below reads
-# the same way; every other line takes the general path.
+# The common line, one data set whose first group is a number (``1.8.0(0001234.567*kWh)``,
+# ``C.1.0(12345678)``, a maximum demand with its time ``1.6.0(02.468*kW)(1703100930)``): the data
+# set, the value and the further groups in one match. Whatever it matches, the general path
+# below reads the same way (a first group that is a number is never a DSMR time stamp); every
+# other line takes the general path.
 _SIMPLE_LINE_RE = re.compile(
-    r"([0-9A-Za-z][0-9A-Za-z:.*&-]*)\((([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:\*([^\s()*]*))?)\)",
+    r"([0-9A-Za-z][0-9A-Za-z:.*&-]*)\((([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:\*([^\s()*]*))?)\)"
+    r"((?:\([^()]*\))*)",
     re.ASCII,
 )
 _DSMR_TIME_RE = re.compile(r"\d{12}[SW]", re.ASCII)
@@ -594,14 +597,15 @@ def parse_data_lines(text: str) -> tuple[Reading, ...]:
             break
         simple = simple_line(line)
         if simple is not None:
-            code_text, group, number, unit = simple.groups()
+            code_text, group, number, unit, more = simple.groups()
             code = _obis(code_text)
             if code is not None:
+                extra = tuple(more[1:-1].split(")(")) if more else ()
                 # The rules of _number(), inline: this loop runs for every register.
                 if unit is None and ("." not in number or code.c not in _PHYSICAL_C):
-                    append(Reading(code, None, None, group))
+                    append(Reading(code, None, None, group, extra))
                 else:
-                    append(Reading(code, Decimal(number), unit, group))
+                    append(Reading(code, Decimal(number), unit, group, extra))
                 continue
         pos = 0
         length = len(line)
