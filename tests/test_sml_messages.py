@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iskra_me162.errors import ChecksumError, ProtocolError
+from iskra_me162.protocols import sml_messages as messages_module
 from iskra_me162.protocols.sml import decode_bare_messages, decode_messages
 from iskra_me162.protocols.sml_messages import (
     TIME_BARE,
@@ -299,3 +303,211 @@ def test_malformed_messages_are_protocol_errors(payload, message):
 def test_malformed_list_entries_are_protocol_errors(entry, message):
     with pytest.raises(ProtocolError, match=message):
         decode_messages(_get_list_message(entry))
+
+
+# --- the fast paths agree with the general decoder --------------------------------------------
+# _list_entry() and _envelope() read the usual encodings inline for speed and hand everything
+# else to _any_list_entry() / _any_envelope(). Whatever the bytes, both must give the same
+# result, or both a ProtocolError.
+
+
+def _two_byte_tl(kind: int, length: int, data: bytes) -> bytes:
+    """A two-byte TL announcing ``length`` (TL bytes included) before ``data``: legal where
+    one byte would do when it fits, wrong when it does not."""
+    return bytes([0x80 | kind | length >> 4 & 0x0F, length & 0x0F]) + data
+
+
+def _integers(min_width: int = 1, max_width: int = 9, *, signed: bool) -> st.SearchStrategy:
+    """Integers with a one-byte TL from random bytes (so high bits are set as often as not)."""
+    encode = enc.signed if signed else enc.unsigned
+    return st.builds(
+        lambda raw: encode(int.from_bytes(raw, signed=signed), len(raw)),
+        st.binary(min_size=min_width, max_size=max_width),
+    )
+
+
+def _time_choice(kind: int, seconds: bytes) -> bytes:
+    return enc.sml_list(enc.unsigned(kind, 1), enc.unsigned(int.from_bytes(seconds), len(seconds)))
+
+
+_TYPES = st.sampled_from([0x00, 0x40, 0x50, 0x60, 0x70])
+_SECONDS = st.binary(min_size=1, max_size=5)
+# One-byte TLs that announce fewer bytes than themselves, and the end-of-message byte.
+_DEGENERATE = st.sampled_from([b"\x00", b"\x40", b"\x41", b"\x50", b"\x51", b"\x60", b"\x61"])
+# Every encoding a field may come in, right or wrong for its place.
+_ANY_FIELD = st.one_of(
+    st.just(enc.ABSENT),
+    _integers(signed=False),
+    _integers(signed=True),
+    st.builds(enc.octets, st.binary(max_size=70)),
+    st.builds(enc.boolean, st.booleans()),
+    st.builds(_two_byte_tl, _TYPES, st.integers(0, 40), st.binary(max_size=40)),
+    st.builds(_time_choice, st.integers(0, 4), _SECONDS),
+    _DEGENERATE,
+    st.just(enc.sml_list(enc.unsigned(3, 1), enc.ABSENT)),
+    st.binary(min_size=1, max_size=3),  # anything at all
+)
+
+
+def _usually(
+    *usual: st.SearchStrategy[bytes], odd: st.SearchStrategy[bytes] = _ANY_FIELD
+) -> st.SearchStrategy[bytes]:
+    """Mostly (9 in 10) the encodings meters send in this place (the fast path), else ``odd``.
+
+    (Not st.one_of(usual, odd): that flattens into a choice among all the branches.)"""
+    return st.integers(0, 9).flatmap(lambda dice: odd if dice == 9 else st.one_of(*usual))
+
+
+_ENTRY_FIELDS = (
+    _usually(st.builds(enc.octets, st.binary(min_size=1, max_size=16))),  # objName
+    _usually(st.just(enc.ABSENT), _integers(signed=False)),  # status
+    _usually(  # valTime; the wrong choices 0, 3 and 4 too
+        st.just(enc.ABSENT),
+        st.builds(_time_choice, st.integers(0, 4), _SECONDS),
+        _integers(signed=False),
+    ),
+    _usually(st.just(enc.ABSENT), _integers(1, 2, signed=False)),  # unit
+    _usually(st.just(enc.ABSENT), _integers(1, 2, signed=True)),  # scaler
+    _usually(  # value
+        st.just(enc.ABSENT),
+        _integers(signed=False),
+        _integers(signed=True),
+        st.builds(enc.octets, st.binary(max_size=70)),
+        st.builds(_two_byte_tl, st.just(0x00), st.integers(0, 40), st.binary(max_size=40)),
+    ),
+    _usually(st.just(enc.ABSENT)),  # valueSignature
+)
+
+
+def _cut_or_extended(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` cut short (1 in 4) or followed by a few more bytes."""
+    if draw(st.integers(0, 3)) == 3:
+        return data[: draw(st.integers(0, len(data)))]
+    return data + draw(st.binary(max_size=4))
+
+
+@st.composite
+def _entries(draw: st.DrawFn) -> bytes:
+    header = draw(_usually(st.just(b"\x77"), odd=st.sampled_from([b"\x76", b"\x78", b"\x80\x77"])))
+    return _cut_or_extended(draw, header + b"".join(draw(field) for field in _ENTRY_FIELDS))
+
+
+def _outcome(function: Callable[[bytes, int], object], buf: bytes) -> object:
+    try:
+        return function(buf, 0)
+    except ProtocolError:
+        return "ProtocolError"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_entries())
+def test_fast_list_entry_agrees_with_the_general_decoder(data):
+    assert _outcome(messages_module._list_entry, data) == _outcome(
+        messages_module._any_list_entry, data
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40))
+def test_fast_list_entry_agrees_on_random_bytes(data):
+    data = b"\x77" + data
+    assert _outcome(messages_module._list_entry, data) == _outcome(
+        messages_module._any_list_entry, data
+    )
+
+
+_ENVELOPE_FIELDS = (
+    _usually(st.builds(enc.octets, st.binary(min_size=1, max_size=16))),  # transactionId
+    _usually(st.just(enc.ABSENT), _integers(1, 1, signed=False)),  # groupNo
+    _usually(st.just(enc.ABSENT), _integers(1, 1, signed=False)),  # abortOnError
+    _usually(st.just(b"\x72")),  # the body: a list of 2
+    _usually(_integers(1, 4, signed=False)),  # the message type
+)
+
+
+@st.composite
+def _envelopes(draw: st.DrawFn) -> bytes:
+    fields = b"".join(draw(field) for field in _ENVELOPE_FIELDS)
+    header = draw(_usually(st.just(b"\x76"), odd=st.sampled_from([b"\x77", b"\x80\x76"])))
+    return _cut_or_extended(draw, header + fields)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_envelopes())
+def test_fast_envelope_agrees_with_the_general_decoder(data):
+    assert _outcome(messages_module._envelope, data) == _outcome(
+        messages_module._any_envelope, data
+    )
+
+
+def test_usual_entries_take_the_fast_path():
+    # Not a speed test: shows that the comparison above exercises the fast path at all.
+    entry = enc.list_entry(Entry("1-0:1.8.0*255", 12345, unit=30, scaler=-1, status=0x182))
+    reached = []
+
+    def spy(buf: bytes, pos: int) -> object:
+        reached.append(pos)
+        return general(buf, pos)
+
+    general = messages_module._any_list_entry
+    messages_module._any_list_entry = spy
+    try:
+        messages_module._list_entry(entry, 0)
+        messages_module._list_entry(enc.list_entry(Entry("1-0:96.1.0*255", b"x" * 48)), 0)
+    finally:
+        messages_module._any_list_entry = general
+    assert reached == []
+
+
+# Each field of an entry in its usual encoding (all of them set, so each takes a fast branch).
+_USUAL_ENTRY_FIELDS = (
+    enc.octets(bytes.fromhex("0100010800ff")),
+    enc.unsigned(0x1C0104, 3),
+    enc.sml_time_sec_index(0x0A575853),
+    enc.unsigned(30, 1),
+    enc.signed(-1, 1),
+    enc.unsigned(0x225EF1CE, 4),
+    enc.ABSENT,
+)
+# What may follow an odd type-length byte: its data, or more fields.
+_FOLLOWERS = (
+    bytes(16),
+    b"\x01" * 16,
+    bytes(range(1, 17)),
+    b"\x62\x01\x62\x05" + b"\x01" * 12,
+    b"\x83\x01" + b"\xff" * 14,
+)
+
+
+def test_fast_list_entry_agrees_for_every_type_length_byte_in_every_field():
+    # Deterministic companion of the property above: every first byte in every place.
+    for index in range(len(_USUAL_ENTRY_FIELDS)):
+        for first in range(256):
+            for follower in _FOLLOWERS:
+                fields = list(_USUAL_ENTRY_FIELDS)
+                fields[index] = bytes([first]) + follower
+                data = b"\x77" + b"".join(fields)
+                fast = _outcome(messages_module._list_entry, data)
+                assert fast == _outcome(messages_module._any_list_entry, data), data.hex()
+
+
+def test_fast_list_entry_agrees_when_cut_anywhere():
+    for value in (enc.unsigned(7, 4), enc.signed(-7, 2), enc.octets(b"k" * 48), enc.ABSENT):
+        fields = [*_USUAL_ENTRY_FIELDS[:5], value, enc.ABSENT]
+        data = b"\x77" + b"".join(fields)
+        for cut in range(len(data) + 1):
+            fast = _outcome(messages_module._list_entry, data[:cut])
+            assert fast == _outcome(messages_module._any_list_entry, data[:cut]), cut
+
+
+def test_fast_envelope_agrees_for_every_type_length_byte_in_every_field():
+    usual = (enc.octets(b"\x00\x01\x02\x03"), enc.unsigned(0, 1), enc.unsigned(0, 1), b"\x72")
+    usual_tag = enc.unsigned(0x0701, 2)
+    for index in range(len(usual) + 1):
+        for first in range(256):
+            for follower in _FOLLOWERS:
+                fields = [*usual, usual_tag]
+                fields[index] = bytes([first]) + follower
+                data = b"\x76" + b"".join(fields)
+                fast = _outcome(messages_module._envelope, data)
+                assert fast == _outcome(messages_module._any_envelope, data), data.hex()
