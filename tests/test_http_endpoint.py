@@ -723,8 +723,12 @@ def test_requests_are_logged_at_debug_only_and_escaped(endpoint, caplog, capsys)
     fetch(endpoint, "/healthz")
     exchange(endpoint, b"GET /\x1b[31mred HTTP/1.1\r\n\r\n")
     exchange(endpoint, b"DELETE /healthz HTTP/1.1\r\n\r\n")
+    fetch(endpoint, "/api/v1/readings?access_token=s3cr3t-t0ken&x=1")
     records = [r for r in caplog.records if r.name == "iskra_me162.sinks.http"]
     assert records, "requests are logged at DEBUG"
+    # A token a client puts into the query string never reaches the log.
+    assert not any("s3cr3t-t0ken" in record.getMessage() for record in records)
+    assert any("/api/v1/readings?..." in record.getMessage() for record in records)
     assert all(record.levelno == logging.DEBUG for record in records)
     assert not any("\x1b" in record.getMessage() for record in records)
     assert any("\\x1b[31mred" in record.getMessage() for record in records)
