@@ -330,7 +330,13 @@ def _time_choice(kind: int, seconds: bytes) -> bytes:
     return enc.sml_list(enc.unsigned(kind, 1), enc.unsigned(int.from_bytes(seconds), len(seconds)))
 
 
+def _local_time(seconds: bytes, local: bytes, season: bytes) -> bytes:
+    """SML_Time choice 3: [3, [seconds, local offset, season offset]], each part any field."""
+    return enc.sml_list(enc.unsigned(3, 1), enc.sml_list(seconds, local, season))
+
+
 _TYPES = st.sampled_from([0x00, 0x40, 0x50, 0x60, 0x70])
+_OFFSETS = st.builds(lambda minutes: enc.signed(minutes, 2), st.integers(-(2**15), 2**15 - 1))
 _SECONDS = st.binary(min_size=1, max_size=5)
 # One-byte TLs that announce fewer bytes than themselves, and the end-of-message byte.
 _DEGENERATE = st.sampled_from([b"\x00", b"\x40", b"\x41", b"\x50", b"\x51", b"\x60", b"\x61"])
@@ -358,12 +364,17 @@ def _usually(
     return st.integers(0, 9).flatmap(lambda dice: odd if dice == 9 else st.one_of(*usual))
 
 
+# A part of a list field: mostly an integer, sometimes anything.
+_FIELD_PART = _usually(_integers(1, 4, signed=False), _integers(1, 2, signed=True))
+
 _ENTRY_FIELDS = (
     _usually(st.builds(enc.octets, st.binary(min_size=1, max_size=16))),  # objName
     _usually(st.just(enc.ABSENT), _integers(signed=False)),  # status
     _usually(  # valTime; the wrong choices 0, 3 and 4 too
         st.just(enc.ABSENT),
         st.builds(_time_choice, st.integers(0, 4), _SECONDS),
+        st.builds(_local_time, _integers(signed=False), _OFFSETS, _OFFSETS),
+        st.builds(_local_time, _FIELD_PART, _FIELD_PART, _FIELD_PART),
         _integers(signed=False),
     ),
     _usually(st.just(enc.ABSENT), _integers(1, 2, signed=False)),  # unit
@@ -374,6 +385,7 @@ _ENTRY_FIELDS = (
         _integers(signed=True),
         st.builds(enc.octets, st.binary(max_size=70)),
         st.builds(_two_byte_tl, st.just(0x00), st.integers(0, 40), st.binary(max_size=40)),
+        st.builds(enc.sml_list, _FIELD_PART, st.builds(_time_choice, st.integers(0, 4), _SECONDS)),
     ),
     _usually(st.just(enc.ABSENT)),  # valueSignature
 )
@@ -459,15 +471,26 @@ def test_usual_entries_take_the_fast_path():
     assert reached == []
 
 
-# Each field of an entry in its usual encoding (all of them set, so each takes a fast branch).
-_USUAL_ENTRY_FIELDS = (
-    enc.octets(bytes.fromhex("0100010800ff")),
-    enc.unsigned(0x1C0104, 3),
-    enc.sml_time_sec_index(0x0A575853),
-    enc.unsigned(30, 1),
-    enc.signed(-1, 1),
-    enc.unsigned(0x225EF1CE, 4),
-    enc.ABSENT,
+# Each field of an entry in its usual encodings (all of them set, so each takes a fast branch).
+_USUAL_ENTRIES = (
+    (
+        enc.octets(bytes.fromhex("0100010800ff")),
+        enc.unsigned(0x1C0104, 3),
+        enc.sml_time_sec_index(0x0A575853),
+        enc.unsigned(30, 1),
+        enc.signed(-1, 1),
+        enc.unsigned(0x225EF1CE, 4),
+        enc.ABSENT,
+    ),
+    (
+        enc.octets(bytes.fromhex("8100600800ff")),
+        enc.unsigned(8, 1),
+        _local_time(enc.unsigned(0x671B6322, 4), enc.signed(60, 2), enc.signed(60, 2)),
+        enc.unsigned(30, 1),
+        enc.signed(-1, 1),
+        enc.sml_list(enc.unsigned(1, 1), enc.sml_time_sec_index(1982288)),
+        enc.ABSENT,
+    ),
 )
 # What may follow an odd type-length byte: its data, or more fields.
 _FOLLOWERS = (
@@ -479,22 +502,31 @@ _FOLLOWERS = (
 )
 
 
-def test_fast_list_entry_agrees_for_every_type_length_byte_in_every_field():
-    # Deterministic companion of the property above: every first byte in every place.
-    for index in range(len(_USUAL_ENTRY_FIELDS)):
+@pytest.mark.parametrize("usual", _USUAL_ENTRIES)
+def test_fast_list_entry_agrees_for_every_type_length_byte_in_every_field(usual):
+    # Deterministic companion of the property above: every first byte in every place, and
+    # every byte inside the valTime and the list value.
+    variants = []
+    for index in range(len(usual)):
         for first in range(256):
+            fields = list(usual)
             for follower in _FOLLOWERS:
-                fields = list(_USUAL_ENTRY_FIELDS)
                 fields[index] = bytes([first]) + follower
-                data = b"\x77" + b"".join(fields)
-                fast = _outcome(messages_module._list_entry, data)
-                assert fast == _outcome(messages_module._any_list_entry, data), data.hex()
+                variants.append(b"\x77" + b"".join(fields))
+            inner = usual[index]
+            if inner[0] & 0xF0 == 0x70:
+                for where in range(1, len(inner)):
+                    fields[index] = inner[:where] + bytes([first]) + inner[where + 1 :]
+                    variants.append(b"\x77" + b"".join(fields))
+    for data in variants:
+        fast = _outcome(messages_module._list_entry, data)
+        assert fast == _outcome(messages_module._any_list_entry, data), data.hex()
 
 
-def test_fast_list_entry_agrees_when_cut_anywhere():
-    for value in (enc.unsigned(7, 4), enc.signed(-7, 2), enc.octets(b"k" * 48), enc.ABSENT):
-        fields = [*_USUAL_ENTRY_FIELDS[:5], value, enc.ABSENT]
-        data = b"\x77" + b"".join(fields)
+@pytest.mark.parametrize("usual", _USUAL_ENTRIES)
+def test_fast_list_entry_agrees_when_cut_anywhere(usual):
+    for value in (enc.unsigned(7, 4), enc.signed(-7, 2), enc.octets(b"k" * 48), usual[5]):
+        data = b"\x77" + b"".join([*usual[:5], value, enc.ABSENT])
         for cut in range(len(data) + 1):
             fast = _outcome(messages_module._list_entry, data[:cut])
             assert fast == _outcome(messages_module._any_list_entry, data[:cut]), cut
@@ -511,3 +543,14 @@ def test_fast_envelope_agrees_for_every_type_length_byte_in_every_field():
                 data = b"\x76" + b"".join(fields)
                 fast = _outcome(messages_module._envelope, data)
                 assert fast == _outcome(messages_module._any_envelope, data), data.hex()
+
+
+@pytest.mark.parametrize("depth", range(12, 19))
+def test_fast_list_entry_agrees_on_deeply_nested_list_values(depth):
+    value = enc.ABSENT
+    for _ in range(depth):
+        value = enc.sml_list(enc.unsigned(1, 1), value)
+    data = b"\x77" + b"".join([*_USUAL_ENTRIES[0][:5], value, enc.ABSENT])
+    fast = _outcome(messages_module._list_entry, data)
+    assert fast == _outcome(messages_module._any_list_entry, data)
+    assert (fast == "ProtocolError") == (depth > 15)  # _MAX_DEPTH, counted from the entry

@@ -43,6 +43,8 @@ from iskra_me162.protocols.sml_messages import (
     SmlPublicOpenRes,
     SmlTime,
     decode_messages,
+    octets_text,
+    scaled_decimal,
     unit_name,
 )
 from iskra_me162.protocols.sml_transport import DEFAULT_MAX_BUFFER, SmlTransportReader
@@ -218,6 +220,8 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
     """
     readings = []
     manufacturer = ""
+    # Runs once per register of every frame: the entry's properties (scaled_value, text,
+    # unit_name) are done inline here, which saves a call each.
     for entry in frame.entries:
         obj_name = entry.obj_name
         code = _OBIS_CACHE.get(obj_name)
@@ -228,14 +232,19 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
             code = _cached_obis(obj_name)
         value = entry.value
         if type(value) is int:
-            number = entry.scaled_value
+            number = scaled_decimal(value, entry.scaler)
             raw = str(number)
+        elif type(value) is bytes:
+            number = None
+            raw = octets_text(value)
         else:
             number = None
             raw = entry.text
         unit = entry.unit
-        # The table holds every one-byte unit code; anything else asks unit_name().
-        name = _UNIT_NAMES[unit] if unit in _UNIT_NAMES else unit_name(unit)
+        try:
+            name = _UNIT_NAMES[unit]  # every one-byte unit code
+        except KeyError:
+            name = unit_name(unit)
         readings.append(Reading(code, number, name, raw))
         if not manufacturer and obj_name in _MANUFACTURER_OBIS:
             manufacturer = _manufacturer_flag(value)

@@ -95,6 +95,15 @@ DLMS_UNITS: dict[int, str] = {
 _NO_UNIT = (0, 255)  # 0 is not a unit; 255 is DLMS "count", i.e. a plain number
 
 
+def scaled_decimal(value: int, scaler: int | None) -> Decimal:
+    """``value * 10**scaler`` as an exact Decimal (``scaler`` None counts as 0)."""
+    if not scaler:
+        return Decimal(value)
+    if scaler > 0:
+        return Decimal(value * 10**scaler)
+    return Decimal(value).scaleb(scaler, _EXACT)
+
+
 def unit_name(code: int | None) -> str | None:
     """The unit string for a DLMS unit code; None for no unit, ``dlms-unit-N`` if unknown."""
     if code is None or code in _NO_UNIT:
@@ -172,12 +181,7 @@ class SmlListEntry:
         value = self.value
         if type(value) is not int:  # bool is an int subclass: it is not a number here
             return None
-        scaler = self.scaler
-        if not scaler:
-            return Decimal(value)
-        if scaler > 0:
-            return Decimal(value * 10**scaler)
-        return Decimal(value).scaleb(scaler, _EXACT)
+        return scaled_decimal(value, self.scaler)
 
     @property
     def unit_name(self) -> str | None:
@@ -753,23 +757,15 @@ def _list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
             p += tl - 0x60
         else:
             return _any_list_entry(buf, pos)
-        # valTime: absent, an SML_Time secIndex or timestamp with an unsigned second count
-        # (72 62 01|02 6x ...), or a bare unsigned count (Holley).
-        tl = buf[p]
-        if tl == 0x01:
+        # valTime: mostly absent.
+        if buf[p] == 0x01:
             val_time = None
             p += 1
-        elif tl == 0x72 and buf[p + 1] == 0x62 and 1 <= buf[p + 2] <= 2:
-            tl = buf[p + 3]
-            if not 0x62 <= tl <= 0x6F:
-                return _any_list_entry(buf, pos)
-            val_time = SmlTime(buf[p + 2], from_bytes(buf[p + 4 : p + 3 + tl - 0x60]))
-            p += 3 + tl - 0x60
-        elif 0x62 <= tl <= 0x6F:
-            val_time = SmlTime(TIME_BARE, from_bytes(buf[p + 1 : p + tl - 0x60]))
-            p += tl - 0x60
         else:
-            return _any_list_entry(buf, pos)
+            timed = _usual_time(buf, p)
+            if timed is None:
+                return _any_list_entry(buf, pos)
+            val_time, p = timed
         # unit: absent or unsigned (one byte as the standard says: 0x62 xx).
         tl = buf[p]
         if tl == 0x62:
@@ -817,6 +813,13 @@ def _list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
                 return _any_list_entry(buf, pos)
             value = buf[p + 2 : p + size]
             p += size
+        elif tl & 0xF0 == 0x70:
+            # A list as value (EMH: a time), kept with its element types. Depth 1 as in the
+            # general path, which also gives the error if there is one.
+            try:
+                (_, value), p = _typed(buf, p, 1)
+            except ProtocolError:
+                return _any_list_entry(buf, pos)
         else:
             return _any_list_entry(buf, pos)
         # valueSignature: absent.
@@ -830,6 +833,40 @@ def _list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
     if p > len(buf):
         return _any_list_entry(buf, pos)
     return SmlListEntry(obj_name, status, val_time, unit, scaler, value, None), p
+
+
+def _usual_time(buf: bytes, pos: int) -> tuple[SmlTime, int] | None:
+    """The ``SML_Time`` at ``pos`` in the encodings meters use, and the position after it:
+    ``72 62 01|02 6x..`` (secIndex, timestamp), ``72 62 03 73 6x.. 5x.. 5x..`` (localTimestamp
+    with its offsets in minutes) or a bare unsigned ``6x..`` (Holley). None for anything else,
+    which the caller hands to the general path; IndexError when the data ends."""
+    from_bytes = int.from_bytes
+    tl = buf[pos]
+    if 0x62 <= tl <= 0x6F:
+        return SmlTime(TIME_BARE, from_bytes(buf[pos + 1 : pos + tl - 0x60])), pos + tl - 0x60
+    if tl != 0x72 or buf[pos + 1] != 0x62:
+        return None
+    kind = buf[pos + 2]
+    p = pos + 3
+    if kind == TIME_LOCAL_TIMESTAMP and buf[p] == 0x73:
+        p += 1
+    elif kind != TIME_SEC_INDEX and kind != TIME_TIMESTAMP:
+        return None
+    tl = buf[p]
+    if not 0x62 <= tl <= 0x6F:
+        return None
+    seconds = from_bytes(buf[p + 1 : p + tl - 0x60])
+    p += tl - 0x60
+    if kind != TIME_LOCAL_TIMESTAMP:
+        return SmlTime(kind, seconds), p
+    offsets = []
+    for _ in range(2):
+        tl = buf[p]
+        if not 0x52 <= tl <= 0x5F:
+            return None
+        offsets.append(from_bytes(buf[p + 1 : p + tl - 0x50], signed=True))
+        p += tl - 0x50
+    return SmlTime(kind, seconds, offsets[0], offsets[1]), p
 
 
 def _any_list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
