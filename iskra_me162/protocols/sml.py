@@ -97,10 +97,15 @@ class SmlFrame:
     entries: tuple[SmlListEntry, ...] = field(init=False)
     server_id: bytes | None = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self, messages: tuple[SmlMessage, ...], crc_variant: str = "", raw: bytes = b""
+    ) -> None:
+        # One per frame: filling __dict__ directly costs half of the generated frozen
+        # __init__ and __post_init__ (object.__setattr__ per field). _INIT_FIELDS below keeps
+        # the parameters in step with the fields.
         entries: list[SmlListEntry] = []
         list_server_id = open_server_id = None
-        for message in self.messages:
+        for message in messages:
             body = message.body
             if type(body) is SmlGetListRes:
                 entries.extend(body.entries)
@@ -108,10 +113,25 @@ class SmlFrame:
                     list_server_id = body.server_id
             elif type(body) is SmlPublicOpenRes and open_server_id is None:
                 open_server_id = body.server_id
-        object.__setattr__(self, "entries", tuple(entries))
-        object.__setattr__(
-            self, "server_id", list_server_id if list_server_id is not None else open_server_id
-        )
+        fields = self.__dict__
+        fields["messages"] = messages
+        fields["crc_variant"] = crc_variant
+        fields["raw"] = raw
+        fields["entries"] = tuple(entries)
+        fields["server_id"] = list_server_id if list_server_id is not None else open_server_id
+
+
+def _check_init_parameters(cls: type) -> None:
+    """A hand-written dataclass __init__ must take exactly the init fields, in order."""
+    code = cls.__init__.__code__  # type: ignore[misc]
+    parameters = code.co_varnames[1 : code.co_argcount]
+    fields = cls.__dataclass_fields__.values()  # type: ignore[attr-defined]
+    names = tuple(field.name for field in fields if field.init)
+    if parameters != names:
+        raise TypeError(f"{cls.__name__}.__init__{parameters} does not match its fields {names}")
+
+
+_check_init_parameters(SmlFrame)
 
 
 def decode_bare_messages(
@@ -168,7 +188,7 @@ class SmlStreamReader:
                 logger.debug("undecodable frame: %s", frame.raw.hex())
                 continue
             self.frames_ok += 1
-            return SmlFrame(messages, crc_variant=frame.crc_variant, raw=frame.raw)
+            return SmlFrame(messages, frame.crc_variant, frame.raw)
         return None
 
     def frames(self) -> Iterator[SmlFrame]:

@@ -42,7 +42,8 @@ def _reverse16(value: int) -> int:
 
 def crc16_kermit(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/KERMIT register (check value of b"123456789" is 0x2189)."""
-    return _reverse16(crc_hqx(bytes(data).translate(_BIT_REVERSED), 0))
+    register = crc_hqx(bytes(data).translate(_BIT_REVERSED), 0)
+    return _BIT_REVERSED[register & 0xFF] << 8 | _BIT_REVERSED[register >> 8]  # _reverse16
 
 
 @lru_cache(maxsize=64)
@@ -110,15 +111,33 @@ def crc_matches_any_reversed(reversed_data: bytes, begin: int, end: int, receive
     return 0 <= received <= 0xFFFF and ((received & 0xFF) << 8 | received >> 8) in (x25, kermit)
 
 
+# Per variant: which register (0 X-25, 1 Kermit) and whether it is sent low byte first.
+_LAYOUT = {
+    CRC_X25_LSB_FIRST: (0, True),
+    CRC_KERMIT_MSB_FIRST: (1, False),
+    CRC_X25_MSB_FIRST: (0, False),
+    CRC_KERMIT_LSB_FIRST: (1, True),
+}
+
+
 def match_crc(
     data: bytes | bytearray | memoryview,
     received: int,
     variants: Iterable[str] = CRC_VARIANTS,
 ) -> str | None:
     """The first of ``variants`` under which ``received`` (the two CRC bytes read big-endian)
-    is the CRC of ``data``, or None when none matches."""
-    candidates = crc_candidates(data)
+    is the CRC of ``data``, or None when none matches.
+
+    Once per frame: rather than building every candidate (crc_candidates), the received
+    number is swapped once and compared with the register the variant names.
+    """
+    if not 0 <= received <= 0xFFFF:
+        return None
+    kermit = crc16_kermit(data)
+    registers = (kermit ^ _x25_offset(len(data)), kermit)
+    swapped = _swap(received)
     for variant in variants:
-        if candidates[variant] == received:
+        which, lsb_first = _LAYOUT[variant]
+        if registers[which] == (swapped if lsb_first else received):
             return variant
     return None

@@ -74,6 +74,14 @@ class TransportFrame:
     payload: bytes
     crc_variant: str
 
+    def __init__(self, raw: bytes, payload: bytes, crc_variant: str) -> None:
+        # One per frame: filling __dict__ directly is half the cost of the generated frozen
+        # __init__ (object.__setattr__ per field).
+        fields = self.__dict__
+        fields["raw"] = raw
+        fields["payload"] = payload
+        fields["crc_variant"] = crc_variant
+
 
 def _start_inside_escape(buf: bytearray, pos: int) -> int | None:
     """Where a start sequence could begin inside the data escape at ``pos``.
@@ -155,7 +163,8 @@ class SmlTransportReader:
                     # Keep a tail that may be the first bytes of a start sequence.
                     self._drop(max(0, len(buf) - (len(START) - 1)))
                     return None
-                self._drop(start)
+                if start:
+                    self._drop(start)
                 self._begin_frame()
             pos = buf.find(ESCAPE, self._scan)
             if pos < 0:
@@ -268,7 +277,8 @@ class SmlTransportReader:
             # sequence they hold the start of the next frame, which must not be lost.
             self._drop(end_pos + 5)
             return None
-        self._settle(confirmed=True)
+        if self._pending is not None:
+            self._settle(confirmed=True)
         del self._buf[: end_pos + 8]
         self._in_frame = False
         padding = raw[-3]
@@ -291,9 +301,7 @@ class SmlTransportReader:
             logger.info("SML frame dropped: %d padding bytes announced", padding)
             return None
         self.frames += 1
-        return TransportFrame(
-            raw=raw, payload=payload[: len(payload) - padding], crc_variant=variant
-        )
+        return TransportFrame(raw, payload[: len(payload) - padding], variant)
 
     def _drop(self, count: int) -> None:
         if count > 0:
