@@ -369,7 +369,7 @@ _FIELD_PART = _usually(_integers(1, 4, signed=False), _integers(1, 2, signed=Tru
 
 _ENTRY_FIELDS = (
     _usually(st.builds(enc.octets, st.binary(min_size=1, max_size=16))),  # objName
-    _usually(st.just(enc.ABSENT), _integers(signed=False)),  # status
+    _usually(st.just(enc.ABSENT), _integers(signed=False), _integers(signed=True)),  # status
     _usually(  # valTime; the wrong choices 0, 3 and 4 too
         st.just(enc.ABSENT),
         st.builds(_time_choice, st.integers(0, 4), _SECONDS),
@@ -377,8 +377,8 @@ _ENTRY_FIELDS = (
         st.builds(_local_time, _FIELD_PART, _FIELD_PART, _FIELD_PART),
         _integers(signed=False),
     ),
-    _usually(st.just(enc.ABSENT), _integers(1, 2, signed=False)),  # unit
-    _usually(st.just(enc.ABSENT), _integers(1, 2, signed=True)),  # scaler
+    _usually(st.just(enc.ABSENT), _integers(1, 2, signed=False), _integers(signed=True)),  # unit
+    _usually(st.just(enc.ABSENT), _integers(1, 2, signed=True), _integers(signed=False)),  # scaler
     _usually(  # value
         st.just(enc.ABSENT),
         _integers(signed=False),
@@ -387,7 +387,7 @@ _ENTRY_FIELDS = (
         st.builds(_two_byte_tl, st.just(0x00), st.integers(0, 40), st.binary(max_size=40)),
         st.builds(enc.sml_list, _FIELD_PART, st.builds(_time_choice, st.integers(0, 4), _SECONDS)),
     ),
-    _usually(st.just(enc.ABSENT)),  # valueSignature
+    _usually(st.just(enc.ABSENT), st.builds(enc.octets, st.binary(max_size=20))),  # signature
 )
 
 
@@ -499,6 +499,7 @@ _FOLLOWERS = (
     bytes(range(1, 17)),
     b"\x62\x01\x62\x05" + b"\x01" * 12,
     b"\x83\x01" + b"\xff" * 14,
+    b"\xff\x80" + b"\x01" * 14,  # sign bits set, then absent fields
 )
 
 
