@@ -136,9 +136,7 @@ def test_list_value_keeps_its_element_types():
     assert entry.text == "[('int', -3), ('octets', '0102'), ('absent', None), ('bool', True)]"
 
 
-@pytest.mark.parametrize(
-    ("encoded", "want"),
-    [
+_TIMES = [
         (enc.sml_time_sec_index(98733919), SmlTime(TIME_SEC_INDEX, 98733919)),
         (
             enc.sml_list(enc.unsigned(2), enc.unsigned(1729848098, 4)),
@@ -152,11 +150,56 @@ def test_list_value_keeps_its_element_types():
             SmlTime(TIME_LOCAL_TIMESTAMP, 1729848098, 60, 60),
         ),
         (enc.unsigned(41985, 4), SmlTime(TIME_BARE, 41985)),
-    ],
-)
+        (  # offsets as unsigned: not the usual encoding, still a time
+            enc.sml_list(
+                enc.unsigned(3),
+                enc.sml_list(enc.unsigned(1729848098, 4), enc.unsigned(60, 2), enc.unsigned(0)),
+            ),
+            SmlTime(TIME_LOCAL_TIMESTAMP, 1729848098, 60, 0),
+        ),
+        (enc.signed(-5, 2), SmlTime(TIME_BARE, -5)),
+]
+
+
+@pytest.mark.parametrize(("encoded", "want"), _TIMES)
 def test_value_times(encoded, want):
     entry = decode_bare_messages(_get_list_message(_raw_entry(enc.unsigned(1), val_time=encoded)))
     assert entry.entries[0].val_time == want
+
+
+def _open_and_get_list(time: bytes) -> tuple[bytes, bytes]:
+    """PublicOpen.Res with ``time`` as refTime, GetList.Res with it as actSensorTime."""
+    server_id = enc.octets(b"\x0a\x01ISK")
+    version = enc.unsigned(1, 1)
+    open_body = enc.sml_list(enc.ABSENT, enc.ABSENT, enc.octets(b"\x01"), server_id, time, version)
+    list_body = enc.sml_list(
+        enc.ABSENT,
+        enc.octets(b"\x0a\x01ISK"),
+        enc.ABSENT,
+        time,
+        enc.sml_list(enc.list_entry(Entry("1-0:1.8.0*255", 5, unit=UNIT_WH))),
+        enc.ABSENT,
+        enc.ABSENT,
+    )
+    return (
+        enc.message(0x0101, open_body, transaction_id=b"\x01"),
+        enc.message(0x0701, list_body, transaction_id=b"\x02"),
+    )
+
+
+@pytest.mark.parametrize(("encoded", "want"), _TIMES)
+def test_message_times(encoded, want):
+    open_res, get_list = (m.body for m in decode_messages(b"".join(_open_and_get_list(encoded))))
+    assert open_res.ref_time == want
+    assert get_list.act_sensor_time == want
+
+
+@pytest.mark.parametrize("encoded", [encoded for encoded, _ in _TIMES])
+def test_message_times_cut_anywhere_are_protocol_errors(encoded):
+    for message in _open_and_get_list(encoded):
+        for cut in range(len(message)):
+            with pytest.raises(ProtocolError):
+                decode_messages(message[:cut])
 
 
 def test_text_rendering_of_octet_strings():

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from iskra_me162.errors import ProtocolError
 from iskra_me162.obis import ObisCode, Reading
@@ -238,7 +239,8 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
     else from the FLAG in the server id; model ``""`` (SML does not say); serial = server id
     in hex.
     """
-    readings = []
+    readings: list[Reading] = []
+    append = readings.append
     manufacturer = ""
     # Runs once per register of every frame: the entry's properties (scaled_value, text,
     # unit_name) are done inline here, which saves a call each.
@@ -252,7 +254,8 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
             code = _cached_obis(obj_name)
         value = entry.value
         if type(value) is int:
-            number = scaled_decimal(value, entry.scaler)
+            scaler = entry.scaler
+            number = scaled_decimal(value, scaler) if scaler else Decimal(value)
             raw = str(number)
         elif type(value) is bytes:
             number = None
@@ -265,7 +268,7 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
             name = _UNIT_NAMES[unit]  # every one-byte unit code
         except KeyError:
             name = unit_name(unit)
-        readings.append(Reading(code, number, name, raw))
+        append(Reading(code, number, name, raw))
         if not manufacturer and obj_name in _MANUFACTURER_OBIS:
             manufacturer = _manufacturer_flag(value)
     server_id = frame.server_id or b""
