@@ -46,12 +46,14 @@ def crc16_kermit(data: bytes | bytearray | memoryview) -> int:
     return _BIT_REVERSED[register & 0xFF] << 8 | _BIT_REVERSED[register >> 8]  # _reverse16
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)
 def _x25_offset(length: int) -> int:
     """What start value 0xFFFF and final XOR 0xFFFF add to the Kermit register of ``length``
     bytes: the CRC is linear, so X-25(data) == Kermit(data) ^ _x25_offset(len(data)).
 
-    Cached because a meter sends frames of (nearly) the same length every time.
+    Cached because a meter sends frames and messages of (nearly) the same lengths every time.
+    Room for many lengths (ints, a few dozen kB at most): a stream that cycles through more
+    lengths than the cache holds would miss every time and pay a CRC over that many zeros.
     """
     # Kermit's register over zero bytes stays 0, so only the start value 0xFFFF contributes.
     return _reverse16(crc_hqx(bytes(length), 0xFFFF)) ^ 0xFFFF
