@@ -725,12 +725,19 @@ def _public_close_res(buf: bytes, pos: int) -> tuple[SmlPublicCloseRes, int]:
 
 def _get_list_res(buf: bytes, pos: int) -> tuple[SmlGetListRes, int]:
     begin = pos
-    count, pos = _list_header(buf, pos, "GetList.Res")
-    _expect_fields(count, 7, "GetList.Res", begin)
+    if pos < len(buf) and buf[pos] == 0x77:  # the usual one-byte list header, read directly
+        pos += 1
+    else:
+        count, pos = _list_header(buf, pos, "GetList.Res")
+        _expect_fields(count, 7, "GetList.Res", begin)
     # Depth 0 as for separate _read() calls; one call for the three fields is cheaper.
     (client_id, server_id, list_name), pos = _read_list(buf, pos, 3, 0)
     sensor_time, pos = _optional_time(buf, pos, 0, "actSensorTime")
-    count, pos = _list_header(buf, pos, "valList")
+    if pos < len(buf) and 0x70 <= buf[pos] <= 0x7F:  # up to 15 entries: a one-byte header
+        count = buf[pos] & 0x0F
+        pos += 1
+    else:
+        count, pos = _list_header(buf, pos, "valList")
     entries = []
     for _ in range(count):
         entry, pos = _list_entry(buf, pos)
