@@ -684,7 +684,11 @@ def _public_open_res(buf: bytes, pos: int) -> tuple[SmlPublicOpenRes, int]:
     if pos < len(buf) and buf[pos] == 0x76:  # the usual one-byte list header, read directly
         (codepage, client_id, req_file_id, server_id), end = _read_list(buf, pos + 1, 4, 1)
         ref_time, end = _optional_time(buf, end, 1, "refTime")
-        (version,), end = _read_list(buf, end, 1, 1)
+        if buf[end : end + 1] == b"\x62" and end + 2 <= len(buf):  # the usual 62 xx
+            version = buf[end + 1]
+            end += 2
+        else:
+            (version,), end = _read_list(buf, end, 1, 1)
     else:
         fields, end = _read(buf, pos)
         if type(fields) is not list or len(fields) != 6:
@@ -714,6 +718,8 @@ def _public_open_res(buf: bytes, pos: int) -> tuple[SmlPublicOpenRes, int]:
 
 
 def _public_close_res(buf: bytes, pos: int) -> tuple[SmlPublicCloseRes, int]:
+    if buf[pos : pos + 2] == b"\x71\x01":  # the usual: a list of one absent signature
+        return SmlPublicCloseRes(None), pos + 2
     if pos < len(buf) and buf[pos] == 0x71:  # the usual one-byte list header, read directly
         fields, end = _read_list(buf, pos + 1, 1, 1)
     else:
