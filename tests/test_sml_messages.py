@@ -349,9 +349,23 @@ def test_malformed_list_entries_are_protocol_errors(entry, message):
 
 
 # --- the fast paths agree with the general decoder --------------------------------------------
-# _list_entry() and _envelope() read the usual encodings inline for speed and hand everything
+# _list_entries() and _envelope() read the usual encodings inline for speed and hand everything
 # else to _any_list_entry() / _any_envelope(). Whatever the bytes, both must give the same
 # result, or both a ProtocolError.
+
+
+def _fast_list_entry(buf: bytes, pos: int) -> tuple[object, int]:
+    """One entry through the fast loop (which hands unusual ones to _any_list_entry itself)."""
+    (entry,), end = messages_module._list_entries(buf, pos, 1)
+    return entry, end
+
+
+def _general_list_entries(buf: bytes, pos: int, count: int) -> tuple[list[object], int]:
+    entries = []
+    for _ in range(count):
+        entry, pos = messages_module._any_list_entry(buf, pos)
+        entries.append(entry)
+    return entries, pos
 
 
 def _two_byte_tl(kind: int, length: int, data: bytes) -> bytes:
@@ -457,16 +471,31 @@ def _outcome(function: Callable[[bytes, int], object], buf: bytes) -> object:
 @settings(max_examples=1500, deadline=None)
 @given(_entries())
 def test_fast_list_entry_agrees_with_the_general_decoder(data):
-    assert _outcome(messages_module._list_entry, data) == _outcome(
+    assert _outcome(_fast_list_entry, data) == _outcome(
         messages_module._any_list_entry, data
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_entries(), min_size=1, max_size=5))
+def test_fast_list_entries_agree_over_several_entries(entries):
+    # After an entry that went the general way, the loop must go on where that one ended.
+    data = b"".join(entries)
+
+    def fast(buf: bytes, pos: int) -> object:
+        return messages_module._list_entries(buf, pos, len(entries))
+
+    def general(buf: bytes, pos: int) -> object:
+        return _general_list_entries(buf, pos, len(entries))
+
+    assert _outcome(fast, data) == _outcome(general, data)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=40))
 def test_fast_list_entry_agrees_on_random_bytes(data):
     data = b"\x77" + data
-    assert _outcome(messages_module._list_entry, data) == _outcome(
+    assert _outcome(_fast_list_entry, data) == _outcome(
         messages_module._any_list_entry, data
     )
 
@@ -507,8 +536,8 @@ def test_usual_entries_take_the_fast_path():
     general = messages_module._any_list_entry
     messages_module._any_list_entry = spy
     try:
-        messages_module._list_entry(entry, 0)
-        messages_module._list_entry(enc.list_entry(Entry("1-0:96.1.0*255", b"x" * 48)), 0)
+        _fast_list_entry(entry, 0)
+        _fast_list_entry(enc.list_entry(Entry("1-0:96.1.0*255", b"x" * 48)), 0)
     finally:
         messages_module._any_list_entry = general
     assert reached == []
@@ -563,7 +592,7 @@ def test_fast_list_entry_agrees_for_every_type_length_byte_in_every_field(usual)
                     fields[index] = inner[:where] + bytes([first]) + inner[where + 1 :]
                     variants.append(b"\x77" + b"".join(fields))
     for data in variants:
-        fast = _outcome(messages_module._list_entry, data)
+        fast = _outcome(_fast_list_entry, data)
         assert fast == _outcome(messages_module._any_list_entry, data), data.hex()
 
 
@@ -572,7 +601,7 @@ def test_fast_list_entry_agrees_when_cut_anywhere(usual):
     for value in (enc.unsigned(7, 4), enc.signed(-7, 2), enc.octets(b"k" * 48), usual[5]):
         data = b"\x77" + b"".join([*usual[:5], value, enc.ABSENT])
         for cut in range(len(data) + 1):
-            fast = _outcome(messages_module._list_entry, data[:cut])
+            fast = _outcome(_fast_list_entry, data[:cut])
             assert fast == _outcome(messages_module._any_list_entry, data[:cut]), cut
 
 
@@ -595,6 +624,6 @@ def test_fast_list_entry_agrees_on_deeply_nested_list_values(depth):
     for _ in range(depth):
         value = enc.sml_list(enc.unsigned(1, 1), value)
     data = b"\x77" + b"".join([*_USUAL_ENTRIES[0][:5], value, enc.ABSENT])
-    fast = _outcome(messages_module._list_entry, data)
+    fast = _outcome(_fast_list_entry, data)
     assert fast == _outcome(messages_module._any_list_entry, data)
     assert (fast == "ProtocolError") == (depth > 15)  # _MAX_DEPTH, counted from the entry
