@@ -174,6 +174,12 @@ class SmlTransportReader:
             if pos + 8 > len(buf):
                 self._scan = pos
                 return None
+            if buf[pos + 4] == _END_MARK and pos % 4 == 0:
+                # The end sequence (asked first: every frame has one, few have other escapes).
+                frame = self._finish(pos)
+                if frame is not None:
+                    return frame
+                continue
             follower = bytes(buf[pos + 4 : pos + 8])
             if follower == ESCAPE:
                 if pos + 15 > len(buf):
@@ -190,10 +196,6 @@ class SmlTransportReader:
                         self.truncated += 1
                     self._drop(pos)
                     self._begin_frame()
-            elif pos % 4 == 0 and follower[0] == _END_MARK:
-                frame = self._finish(pos)
-                if frame is not None:
-                    return frame
             elif pos % 4 == 0:
                 text = f"SML frame dropped: unknown escape sequence {follower.hex()}"
                 if not self._restart_at_candidate(("malformed", text)):
@@ -263,7 +265,7 @@ class SmlTransportReader:
         raw = bytes(self._buf[: end_pos + 8])
         escapes = self._escapes
         received = raw[-2] << 8 | raw[-1]
-        variant = match_crc(memoryview(raw)[:-2], received, self.crc_variants)
+        variant = match_crc(raw[:-2], received, self.crc_variants)
         if variant is None:
             logger.debug("frame with bad CRC: %s", raw.hex())
             text = f"SML frame of {len(raw)} bytes dropped: CRC {received:04x} does not match"
