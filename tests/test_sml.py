@@ -290,3 +290,24 @@ def test_obis_code_cache_stays_bounded_and_right():
         seen += len(entries)
         assert len(sml_module._OBIS_CACHE) <= bound
     assert seen > bound
+
+
+def test_entries_of_several_get_list_responses_in_order():
+    first = sml_frames.get_list_res(b"\x0a\x01AAA\x00\x00\x00\x00\x01", [Entry("1-0:1.8.0*255", 1)])
+    second = sml_frames.get_list_res(
+        b"\x0a\x01BBB\x00\x00\x00\x00\x02",
+        [Entry("1-0:2.8.0*255", 2), Entry("1-0:16.7.0*255", 3)],
+    )
+    payload = b"".join(
+        sml_frames.message(0x0701, body, transaction_id=bytes([number]))
+        for number, body in enumerate((first, second))
+    )
+    frame = decode_bare_messages(payload)
+    assert [entry.value for entry in frame.entries] == [1, 2, 3]
+    assert frame.server_id == b"\x0a\x01AAA\x00\x00\x00\x00\x01"
+    readout = frame_to_readout(frame, WALL, 0.0)
+    assert [str(reading.code) for reading in readout.readings] == [
+        "1-0:1.8.0*255",
+        "1-0:2.8.0*255",
+        "1-0:16.7.0*255",
+    ]

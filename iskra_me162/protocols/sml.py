@@ -104,12 +104,13 @@ class SmlFrame:
         # One per frame: filling __dict__ directly costs half of the generated frozen
         # __init__ and __post_init__ (object.__setattr__ per field). _INIT_FIELDS below keeps
         # the parameters in step with the fields.
-        entries: list[SmlListEntry] = []
+        entries: tuple[SmlListEntry, ...] = ()
         list_server_id = open_server_id = None
         for message in messages:
             body = message.body
             if type(body) is SmlGetListRes:
-                entries.extend(body.entries)
+                # Nearly always one GetList.Res: its tuple is taken as it is.
+                entries = entries + body.entries if entries else body.entries
                 if list_server_id is None:
                     list_server_id = body.server_id
             elif type(body) is SmlPublicOpenRes and open_server_id is None:
@@ -118,7 +119,7 @@ class SmlFrame:
         fields["messages"] = messages
         fields["crc_variant"] = crc_variant
         fields["raw"] = raw
-        fields["entries"] = tuple(entries)
+        fields["entries"] = entries
         fields["server_id"] = list_server_id if list_server_id is not None else open_server_id
 
 
