@@ -43,6 +43,7 @@ from iskra_me162.protocols.sml_messages import (
     SmlPublicCloseRes,
     SmlPublicOpenRes,
     SmlTime,
+    _check_init_matches_fields,
     decode_messages,
     octets_text,
     scaled_decimal,
@@ -102,8 +103,8 @@ class SmlFrame:
         self, messages: tuple[SmlMessage, ...], crc_variant: str = "", raw: bytes = b""
     ) -> None:
         # One per frame: filling __dict__ directly costs half of the generated frozen
-        # __init__ and __post_init__ (object.__setattr__ per field). _INIT_FIELDS below keeps
-        # the parameters in step with the fields.
+        # __init__ and __post_init__ (object.__setattr__ per field). The check after the class
+        # keeps the parameters in step with the fields.
         entries: tuple[SmlListEntry, ...] = ()
         list_server_id = open_server_id = None
         for message in messages:
@@ -123,17 +124,7 @@ class SmlFrame:
         fields["server_id"] = list_server_id if list_server_id is not None else open_server_id
 
 
-def _check_init_parameters(cls: type) -> None:
-    """A hand-written dataclass __init__ must take exactly the init fields, in order."""
-    code = cls.__init__.__code__  # type: ignore[misc]
-    parameters = code.co_varnames[1 : code.co_argcount]
-    fields = cls.__dataclass_fields__.values()  # type: ignore[attr-defined]
-    names = tuple(field.name for field in fields if field.init)
-    if parameters != names:
-        raise TypeError(f"{cls.__name__}.__init__{parameters} does not match its fields {names}")
-
-
-_check_init_parameters(SmlFrame)
+_check_init_matches_fields(SmlFrame)
 
 
 def decode_bare_messages(

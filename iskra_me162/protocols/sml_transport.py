@@ -83,6 +83,11 @@ class TransportFrame:
         fields["crc_variant"] = crc_variant
 
 
+# The hand-written __init__ must take exactly the fields, in order.
+if TransportFrame.__init__.__code__.co_varnames[1:4] != tuple(TransportFrame.__dataclass_fields__):
+    raise TypeError("TransportFrame.__init__ does not match its fields")
+
+
 def _start_inside_escape(buf: bytearray, pos: int) -> int | None:
     """Where a start sequence could begin inside the data escape at ``pos``.
 
