@@ -228,6 +228,20 @@ def test_fast_path_reads_a_line_exactly_as_the_general_path(lines):
     assert as_tuples(fast) == as_tuples(general)
 
 
+TEXT_LINE_LIKE = (
+    r"\A([0-9]{1,3}-[0-9]{1,3}:)?[0-9CF]{1,3}\.[0-9CF]{1,3}(\.[0-9]{1,3})?(\*[0-9]{1,3})?"
+    r"(\([ -'*-~]{0,14}\)){1,3}\Z"
+)
+
+
+@settings(FUZZ, max_examples=200)
+@given(st.lists(st.from_regex(TEXT_LINE_LIKE), min_size=1, max_size=6))
+def test_fast_paths_read_text_and_empty_groups_exactly_as_the_general_path(lines):
+    fast = parse_data_lines("\n".join(lines))
+    general = parse_data_lines("\n".join(" " + line for line in lines))
+    assert as_tuples(fast) == as_tuples(general)
+
+
 def test_fast_path_covers_a_maximum_demand_with_its_time():
     text = "1-0:1.6.0*255(02.468*kW)(1703100930)\r\n1.6.1(3.2*kW)(1702102000)(x)\r\n"
     fast = parse_data_lines(text)

@@ -101,6 +101,9 @@ _SIMPLE_LINE_RE = re.compile(
     r"((?:\([^()]*\))*)",
     re.ASCII,
 )
+# A line that is one data set of any groups (text values, empty groups): read by _reading()
+# without the general path's loop over several data sets on a line.
+_ONE_SET_LINE_RE = re.compile(r"([0-9A-Za-z][0-9A-Za-z:.*&-]*)((?:\([^()]*\))+)", re.ASCII)
 _DSMR_TIME_RE = re.compile(r"\d{12}[SW]", re.ASCII)
 _DSMR_END_RE = re.compile(rb"!([0-9A-Fa-f]{4})?\r?\n")
 _HEX4_RE = re.compile(rb"[0-9A-Fa-f]{4}")
@@ -590,6 +593,7 @@ def parse_data_lines(text: str) -> tuple[Reading, ...]:
     readings: list[Reading] = []
     append = readings.append
     simple_line = _SIMPLE_LINE_RE.fullmatch
+    one_set_line = _ONE_SET_LINE_RE.fullmatch
     for line in text.splitlines():
         if not line:
             continue
@@ -606,6 +610,13 @@ def parse_data_lines(text: str) -> tuple[Reading, ...]:
                     append(Reading(code, None, None, group, extra))
                 else:
                     append(Reading(code, Decimal(number), unit, group, extra))
+                continue
+        one_set = one_set_line(line)
+        if one_set is not None:
+            code_text, groups_text = one_set.groups()
+            code = _obis(code_text)
+            if code is not None:
+                append(_reading(code, groups_text[1:-1].split(")(")))
                 continue
         pos = 0
         length = len(line)
