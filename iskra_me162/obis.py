@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from iskra_me162.dataclass_init import check_init_matches_fields
 from iskra_me162.errors import ProtocolError
 
 # IEC 62056-61 letter codes for value group C (and D/E in practice): C=96, F=97, L=98, P=99.
@@ -133,13 +134,4 @@ class Reading:
         fields["extra"] = extra
 
 
-def _check_init_matches_fields(cls: type) -> None:
-    """A hand-written dataclass __init__ must take exactly the fields, in order."""
-    code = cls.__init__.__code__  # type: ignore[misc]
-    parameters = code.co_varnames[1 : code.co_argcount]
-    names = tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-    if parameters != names:
-        raise TypeError(f"{cls.__name__}.__init__{parameters} does not match its fields {names}")
-
-
-_check_init_matches_fields(Reading)
+check_init_matches_fields(Reading)

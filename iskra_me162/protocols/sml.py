@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from iskra_me162.dataclass_init import check_init_matches_fields
 from iskra_me162.errors import ProtocolError
 from iskra_me162.obis import ObisCode, Reading
 from iskra_me162.protocols.sml_crc import CRC_VARIANTS
@@ -43,7 +44,6 @@ from iskra_me162.protocols.sml_messages import (
     SmlPublicCloseRes,
     SmlPublicOpenRes,
     SmlTime,
-    _check_init_matches_fields,
     decode_messages,
     octets_text,
     scaled_decimal,
@@ -124,7 +124,7 @@ class SmlFrame:
         fields["server_id"] = list_server_id if list_server_id is not None else open_server_id
 
 
-_check_init_matches_fields(SmlFrame)
+check_init_matches_fields(SmlFrame)
 
 
 def decode_bare_messages(
