@@ -217,15 +217,23 @@ def as_tuples(readings) -> list[tuple]:
     return [(r.code, r.value, r.unit, r.raw, r.extra) for r in readings]
 
 
+def fast_and_general(lines: list[str], end: str) -> tuple[list[tuple], list[tuple]]:
+    """The readings of ``lines`` as parse_data_lines reads them, and through its general path.
+
+    parse_data_lines reads the common line shapes with one regular expression (for speed) and
+    everything else with the general data set parser. A leading space sends a line down the
+    general path, which must give the same readings: the fast paths are only shortcuts.
+    """
+    fast = parse_data_lines(end.join(lines))
+    general = parse_data_lines(end.join(" " + line for line in lines))
+    return as_tuples(fast), as_tuples(general)
+
+
 @settings(FUZZ, max_examples=200)
 @given(st.lists(st.from_regex(LINE_LIKE), min_size=1, max_size=6))
 def test_fast_path_reads_a_line_exactly_as_the_general_path(lines):
-    # parse_data_lines reads the common line shapes with one regular expression (for speed) and
-    # everything else with the general data set parser. A leading space sends a line down the
-    # general path, which must give the same readings: the fast path is only a shortcut.
-    fast = parse_data_lines("\r\n".join(lines))
-    general = parse_data_lines("\r\n".join(" " + line for line in lines))
-    assert as_tuples(fast) == as_tuples(general)
+    fast, general = fast_and_general(lines, "\r\n")
+    assert fast == general
 
 
 TEXT_LINE_LIKE = (
@@ -237,19 +245,18 @@ TEXT_LINE_LIKE = (
 @settings(FUZZ, max_examples=200)
 @given(st.lists(st.from_regex(TEXT_LINE_LIKE), min_size=1, max_size=6))
 def test_fast_paths_read_text_and_empty_groups_exactly_as_the_general_path(lines):
-    fast = parse_data_lines("\n".join(lines))
-    general = parse_data_lines("\n".join(" " + line for line in lines))
-    assert as_tuples(fast) == as_tuples(general)
+    fast, general = fast_and_general(lines, "\n")
+    assert fast == general
 
 
 def test_fast_path_covers_a_maximum_demand_with_its_time():
-    text = "1-0:1.6.0*255(02.468*kW)(1703100930)\r\n1.6.1(3.2*kW)(1702102000)(x)\r\n"
-    fast = parse_data_lines(text)
-    general = parse_data_lines(" " + text.replace("\n", "\n "))
-    assert as_tuples(fast) == as_tuples(general)
-    assert fast[0].value == Decimal("2.468") and fast[0].unit == "kW"
-    assert fast[0].extra == ("1703100930",)
-    assert fast[1].extra == ("1702102000", "x")
+    lines = ["1-0:1.6.0*255(02.468*kW)(1703100930)", "1.6.1(3.2*kW)(1702102000)(x)"]
+    fast, general = fast_and_general(lines, "\r\n")
+    assert fast == general
+    readings = parse_data_lines("\r\n".join(lines))
+    assert readings[0].value == Decimal("2.468") and readings[0].unit == "kW"
+    assert readings[0].extra == ("1703100930",)
+    assert readings[1].extra == ("1702102000", "x")
 
 
 @FUZZ
