@@ -197,9 +197,7 @@ class DomoticzClient:
                 return self._exchange(target)
         except _CLOSED_BY_PEER as error:
             self.close()
-            raise SinkError(
-                f"cannot reach Domoticz at {self._base_url}: {_connection_reason(error)}"
-            ) from error
+            raise self._failure(error, "did not answer") from error
         except BaseException:
             self.close()  # never reuse a connection in an unknown state
             raise
@@ -216,18 +214,10 @@ class DomoticzClient:
                 body = b""  # not read at all: no Domoticz answer is that long
             else:
                 body = response.read(_MAX_BODY if response.length is None else None)
-        except TimeoutError as error:
-            raise SinkError(
-                f"Domoticz at {self._base_url} did not answer within {self._timeout:g} s"
-            ) from error
-        except ssl.SSLError as error:
-            raise SinkError(self._tls_message(error)) from error
         except _CLOSED_BY_PEER:
             raise  # _get may try once more on a new connection
         except OSError as error:
-            raise SinkError(
-                f"cannot reach Domoticz at {self._base_url}: {_connection_reason(error)}"
-            ) from error
+            raise self._failure(error, "did not answer") from error
         except http.client.HTTPException as error:
             raise SinkError(
                 f"Domoticz at {self._base_url} sent no valid HTTP answer ({type(error).__name__})"
@@ -250,19 +240,21 @@ class DomoticzClient:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
             connection.connect()
-        except TimeoutError as error:
-            raise SinkError(
-                f"Domoticz at {self._base_url} did not accept a connection within "
-                f"{self._timeout:g} s"
-            ) from error
-        except ssl.SSLError as error:
-            raise SinkError(self._tls_message(error)) from error
         except OSError as error:
-            raise SinkError(
-                f"cannot reach Domoticz at {self._base_url}: {_connection_reason(error)}"
-            ) from error
+            raise self._failure(error, "did not accept a connection") from error
         self._connection = connection
         return connection
+
+    def _failure(self, error: OSError, when_silent: str) -> SinkError:
+        """The one-line SinkError for a socket or TLS error; ``when_silent`` says what a
+        timeout means at that step ("did not answer", "did not accept a connection")."""
+        if isinstance(error, TimeoutError):
+            return SinkError(
+                f"Domoticz at {self._base_url} {when_silent} within {self._timeout:g} s"
+            )
+        if isinstance(error, ssl.SSLError):
+            return SinkError(self._tls_message(error))
+        return SinkError(f"cannot reach Domoticz at {self._base_url}: {_connection_reason(error)}")
 
     def _context(self) -> ssl.SSLContext:
         """The TLS settings, made once; a CA file that cannot be read is tried again next time."""
