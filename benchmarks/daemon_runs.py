@@ -432,7 +432,7 @@ class _MemoryRun:
         self.pushes = 0
 
     def step(self, started: float) -> None:
-        """Wait for the next readout (briefly), then sample; returns at once if none came."""
+        """Sample RSS after a new readout; when none came yet, sleep 10 ms and return."""
         if self.counter.update() <= self.seen:
             if self.process.process.poll() is not None:
                 raise RuntimeError(f"the daemon exited:\n{self.process.output[-2000:]}")
