@@ -44,7 +44,7 @@ for name in "${harnesses[@]}"; do
         "corpus $(find "$corpus" -type f | wc -l) inputs"
     if [ "$result" = FOUND ]; then
         grep -E "^(==|Traceback|  File|[A-Za-z]*Error|AssertionError|SUMMARY)" "$log" | head -40 || true
-        ls "$work/artifacts" | sed "s|^|fuzz: input kept: $work/artifacts/|"
+        find "$work/artifacts" -type f -name "$name-*" | sed "s|^|fuzz: input kept: |"
     fi
 done
 if $keep; then echo "fuzz: logs and corpus in $work"; else rm -rf "$work"; fi
