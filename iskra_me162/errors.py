@@ -41,12 +41,22 @@ class ChecksumError(ProtocolError):
     """A message arrived whole but its checksum (IEC BCC, SML CRC) does not match."""
 
 
+class WrongProtocol(ProtocolError):
+    """The meter speaks another protocol than the configured one: a setting to change, not a
+    passing fault."""
+
+
 class PortError(IskraError):
     """The serial port could not be opened, vanished, or failed while reading or writing."""
 
 
 class MeterTimeout(PortError):
     """The meter did not answer (completely) within the time the protocol allows."""
+
+
+class ReadoutRejected(IskraError):
+    """A verified readout whose values must not be published: a negative or jumping counter,
+    energy registers that differ from the meter's usual set. Nothing of it reaches a sink."""
 
 
 class SinkError(IskraError):

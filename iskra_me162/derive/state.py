@@ -1,16 +1,12 @@
-"""Counter snapshots, power from counter deltas, and the state file that keeps them over restarts.
+"""The state file: the recent counter snapshots, kept over restarts of the daemon.
 
-A meter without power registers only tells us energy counters. Power is then the change of the
-import (export) counter between two readouts divided by the time between them. That time is
-always a ``time.monotonic()`` difference: the wall clock jumps (NTP, a Pi without RTC booting in
-1970), CLOCK_MONOTONIC does not. CLOCK_MONOTONIC is system-wide and counts from boot, so a value
-stored by an earlier process of the same boot is still comparable; the state file stores it
-together with the kernel's boot id and a snapshot from another boot is never used for power.
+It lets power from counter change continue right after a restart instead of waiting for a
+second readout. It is owned by the derive stage and written whatever sinks are enabled. The
+snapshots' ``monotonic`` times only compare within one boot: the file stores the kernel's boot
+id, and a file from another boot is not used for power.
 
-Anything that would make the figure negative or absurd (counter backwards, a different meter,
-other registers, a jump that no household connection can deliver, a gap longer than the caller's
-limit) is a *re-base*: the new readout becomes the reference and no power is computed from the
-old one.
+Format version 2 holds a list of snapshots; a version 1 file (one snapshot and the counters last
+sent to Domoticz) is still read, as its one snapshot.
 """
 
 from __future__ import annotations
@@ -23,22 +19,18 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from itertools import pairwise
 from pathlib import Path
+
+from iskra_me162.derive.counters import MAX_SNAPSHOTS, CounterSnapshot
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "iskra-me162-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
-# 100 kW is above any household or small-business connection (3 x 125 A at 230 V is 86 kW; the
-# usual 3 x 25..63 A is 17..44 kW), so no real reading is rejected, while a misread digit or a
-# meter swap (thousands of kWh at once) is always caught.
-DEFAULT_MAX_POWER_W = 100_000
-# No limit by default on the time a counter delta may span: a long gap (meter unreachable,
-# daemon stopped) gives an average, which is neither negative nor absurd, and update_interval
-# may legitimately be hours. Callers that know their interval pass a limit (e.g. 3 intervals).
-DEFAULT_MAX_INTERVAL_S: float | None = None
 # A state file is a few hundred bytes; anything much larger is not ours (and is not read whole).
 _MAX_STATE_BYTES = 64 * 1024
 
@@ -52,96 +44,16 @@ def current_boot_id() -> str:
 
 
 @dataclass(frozen=True)
-class CounterSnapshot:
-    """The energy counters of one used readout and when it was taken.
-
-    ``import_wh``/``export_wh`` are the exact totals power is computed from (1.8.0/2.8.0, or
-    the sum of the tariff registers when the meter sends no total); ``export_wh`` is None for a
-    meter that counts no export. ``sources`` names the registers behind them (``"1.8.0|2.8.0"``)
-    so that a change of register set is noticed instead of read as a jump.
-    """
-
-    meter_id: str
-    sources: str
-    import_wh: Decimal
-    export_wh: Decimal | None
-    monotonic: float
-    wall_time: datetime  # for people reading the state file; never used for arithmetic
-
-
-@dataclass(frozen=True)
-class DeltaPower:
-    """Average import and export power between two snapshots, in W (not rounded)."""
-
-    import_w: Decimal
-    export_w: Decimal
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Rebase:
-    """No power from the previous snapshot, and why. ``warn``: a fault, not a normal event."""
-
-    reason: str
-    warn: bool
-
-
-def power_between(
-    previous: CounterSnapshot,
-    current: CounterSnapshot,
-    *,
-    max_power_w: int = DEFAULT_MAX_POWER_W,
-    max_interval_s: float | None = DEFAULT_MAX_INTERVAL_S,
-) -> DeltaPower | Rebase:
-    """Power from the counter change between two snapshots of this boot, or why there is none."""
-    if previous.meter_id != current.meter_id:
-        return Rebase(f"the meter changed from {previous.meter_id} to {current.meter_id}", True)
-    if previous.sources != current.sources:
-        return Rebase(
-            f"the energy registers changed from {previous.sources} to {current.sources}", True
-        )
-    deltas = {"import": current.import_wh - previous.import_wh}
-    if current.export_wh is not None and previous.export_wh is not None:
-        deltas["export"] = current.export_wh - previous.export_wh
-    for direction, delta in deltas.items():
-        if delta < 0:
-            return Rebase(
-                f"the {direction} counter went backwards by {-delta} Wh (meter replaced or reset?)",
-                True,
-            )
-    seconds = current.monotonic - previous.monotonic
-    if seconds <= 0:
-        return Rebase("no time passed since the previous readout", True)
-    if max_interval_s is not None and seconds > max_interval_s:
-        return Rebase(
-            f"the previous readout is {seconds:.0f} s old (more than {max_interval_s:g} s)", False
-        )
-    elapsed = Decimal(seconds)
-    for direction, delta in deltas.items():
-        if delta * 3600 > max_power_w * elapsed:
-            return Rebase(
-                f"the {direction} counter jumped by {delta} Wh in {seconds:.1f} s, more than "
-                f"a {max_power_w} W connection can deliver",
-                True,
-            )
-    return DeltaPower(
-        import_w=deltas["import"] * 3600 / elapsed,
-        export_w=deltas.get("export", Decimal(0)) * 3600 / elapsed,
-        seconds=seconds,
-    )
-
-
-@dataclass(frozen=True)
 class SavedState:
-    """What the state file holds: the snapshot of the last sent readout and what was sent.
+    """What the state file holds: recent counter snapshots of one meter, oldest first, and the
+    boot in which their ``monotonic`` times were taken."""
 
-    ``sent`` is (U1, U2, R1, R2) in Wh as the sink last delivered them; ``boot_id`` says in
-    which boot ``snapshot.monotonic`` was taken.
-    """
-
-    snapshot: CounterSnapshot
-    sent: tuple[int, int, int, int]
+    snapshots: tuple[CounterSnapshot, ...]
     boot_id: str
+
+    @property
+    def latest(self) -> CounterSnapshot:
+        return self.snapshots[-1]
 
 
 class StateStore:
@@ -179,7 +91,7 @@ class StateStore:
             self._warn(
                 "missing",
                 f"state file {path} does not exist (normal on the first start); "
-                "power from counter deltas starts with the second readout",
+                "power from counter change starts once a second readout is far enough apart",
             )
             return None
         except OSError as error:
@@ -201,11 +113,11 @@ class StateStore:
                 "foreign", f"{path} is not an iskra-me162 state file; ignoring it (it is replaced)"
             )
             return None
-        if document.get("version") != STATE_VERSION:
+        if document.get("version") not in _READABLE_VERSIONS:
             self._warn(
                 "version",
                 f"state file {path} has format version {document.get('version')!r}, "
-                f"this program reads version {STATE_VERSION}; ignoring it",
+                f"this program reads versions 1 and {STATE_VERSION}; ignoring it",
             )
             return None
         try:
@@ -255,44 +167,54 @@ def _reason(error: OSError) -> str:
 
 
 def _encode(state: SavedState) -> dict[str, object]:
-    snapshot = state.snapshot
-    u1, u2, r1, r2 = state.sent
+    latest = state.latest
     return {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
-        "meter_id": snapshot.meter_id,
-        "sources": snapshot.sources,
-        "import_wh": str(snapshot.import_wh),
-        "export_wh": None if snapshot.export_wh is None else str(snapshot.export_wh),
         "boot_id": state.boot_id,
-        "monotonic": snapshot.monotonic,
-        "wall_time": snapshot.wall_time.isoformat(),
-        "sent": {"u1": u1, "u2": u2, "r1": r1, "r2": r2},
+        "meter_id": latest.meter_id,
+        "sources": latest.sources,
+        "snapshots": [
+            {
+                "import_wh": str(snapshot.import_wh),
+                "export_wh": None if snapshot.export_wh is None else str(snapshot.export_wh),
+                "monotonic": snapshot.monotonic,
+                "wall_time": snapshot.wall_time.isoformat(),
+            }
+            for snapshot in state.snapshots
+        ],
     }
 
 
 def _decode(document: dict[str, object]) -> SavedState:
-    sent = document["sent"]
-    if not isinstance(sent, dict):
-        raise TypeError("sent is not an object")
-    counters = tuple(sent[name] for name in ("u1", "u2", "r1", "r2"))
-    for value in counters:
-        if type(value) is not int or value < 0:
-            raise ValueError("sent counters must be non-negative integers")
-    export = document["export_wh"]
-    monotonic = document["monotonic"]
-    if type(monotonic) not in (int, float):
-        raise TypeError("monotonic is not a number")
-    wall_time = datetime.fromisoformat(_text(document, "wall_time"))
-    snapshot = CounterSnapshot(
-        meter_id=_text(document, "meter_id"),
-        sources=_text(document, "sources"),
-        import_wh=_energy(document["import_wh"]),
-        export_wh=None if export is None else _energy(export),
-        monotonic=float(monotonic),  # type: ignore[arg-type]
-        wall_time=wall_time,
-    )
-    return SavedState(snapshot=snapshot, sent=counters, boot_id=_text(document, "boot_id"))  # type: ignore[arg-type]
+    meter_id, sources = _text(document, "meter_id"), _text(document, "sources")
+    if document["version"] == 1:
+        entries: object = [document]  # one snapshot, at the top level
+    else:
+        entries = document["snapshots"]
+    if not isinstance(entries, list) or not entries or len(entries) > MAX_SNAPSHOTS:
+        raise ValueError(f"snapshots must be a list of 1 to {MAX_SNAPSHOTS} entries")
+    snapshots = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise TypeError("a snapshot is not an object")
+        export = entry["export_wh"]
+        monotonic = entry["monotonic"]
+        if type(monotonic) not in (int, float):
+            raise TypeError("monotonic is not a number")
+        snapshots.append(
+            CounterSnapshot(
+                meter_id=meter_id,
+                sources=sources,
+                import_wh=_energy(entry["import_wh"]),
+                export_wh=None if export is None else _energy(export),
+                monotonic=float(monotonic),
+                wall_time=datetime.fromisoformat(_text(entry, "wall_time")),
+            )
+        )
+    if any(later.monotonic <= earlier.monotonic for earlier, later in pairwise(snapshots)):
+        raise ValueError("snapshots are not in time order")
+    return SavedState(snapshots=tuple(snapshots), boot_id=_text(document, "boot_id"))
 
 
 def _text(document: dict[str, object], key: str) -> str:
@@ -312,10 +234,7 @@ def _energy(value: object) -> Decimal:
 
 
 def _change_key(state: SavedState) -> str:
-    """The content that matters for "changed": everything except the two time stamps."""
-    encoded = _encode(state)
-    del encoded["monotonic"], encoded["wall_time"]
-    return json.dumps(encoded, sort_keys=True)
+    return json.dumps(_encode(state), sort_keys=True)
 
 
 def _write_atomically(path: Path, text: str) -> None:
