@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 from iskra_me162.config import KEYS, Config
-from iskra_me162.daemon import status_line
 from iskra_me162.errors import IskraError, SinkError
+from iskra_me162.p1 import p1_values
 from iskra_me162.readout import Readout
 
 log = logging.getLogger(__name__)
@@ -44,67 +43,53 @@ def format_table(readout: Readout) -> str:
     return "\n".join(lines)
 
 
-SECOND_READOUT_DELAY = 10.0  # seconds; one Wh in 10 s is 360 W, fine for a one-shot check
-
-
 def read_once(config: Config, dry_run: bool) -> int:
-    """One readout; print it and the Domoticz svalue; push it unless ``dry_run``.
+    """One meter session: print its registers and values; push them to Domoticz unless
+    ``dry_run`` (or no Domoticz is configured, then print what would be sent).
 
-    A meter without power registers (the ME162) needs two readouts for a power figure. When no
-    state file from a running daemon provides the first, a second readout is taken after
-    :data:`SECOND_READOUT_DELAY` seconds rather than sending an invented power.
+    A meter without power registers (the ME162) has a power figure only when the state file
+    holds an earlier readout of this boot that is far enough back; otherwise the reason is
+    printed. The session's counters go to the state file (not with ``dry_run``), so a second
+    ``--once`` a minute later shows the power.
     """
-    from iskra_me162.daemon import build_meter, build_sink
+    from iskra_me162.daemon import build_deriver, build_meter, build_sink, status_line
 
     meter = build_meter(config, tick=lambda: None)
-    # Only the P1 sinks: an HTTP endpoint or a broker has nothing to show for one readout.
-    sinks = [sink for name in ("domoticz", "log") if (sink := build_sink(name, config))]
+    deriver = build_deriver(config, save_state=not dry_run)
     try:
         readout = meter.read()
         print(format_table(readout))
         print()
-        if any(_preview(sink, readout) is None for sink in sinks):
-            print(
-                "power needs a second readout (no power register, no usable state file): "
-                f"reading again in {SECOND_READOUT_DELAY:g} s"
-            )
-            for sink in sinks:
-                sink.observe(readout)  # type: ignore[attr-defined]
-            time.sleep(SECOND_READOUT_DELAY)
-            readout = meter.read()
-            print(status_line(readout))
+        values = deriver.derive(readout)
     except IskraError as error:
         print(f"iskra-me162: readout failed: {error}", file=sys.stderr)
-        for sink in sinks:
-            sink.close()
         return 1
     finally:
         meter.close()
-    status = 0
-    for sink in sinks:
-        try:
-            if dry_run or not config.domoticzserver:
-                values = sink.preview(readout)  # type: ignore[attr-defined]
-                verb = "would send"
-            else:
-                values = sink.publish(readout)
-                verb = "sent"
-        except SinkError as error:
-            print(f"{sink.name}: {error}", file=sys.stderr)
-            status = 1
-            continue
-        finally:
-            sink.close()
-        if values is None:
-            print(f"{sink.name}: nothing to send: no power figure", file=sys.stderr)
-            status = 1
-        else:
-            print(f"{sink.name}: {verb} svalue={values.svalue}")  # type: ignore[attr-defined]
-    return status
-
-
-def _preview(sink: object, readout: Readout) -> object:
+        deriver.close()
+    print(status_line(values))
+    if values.power_missing:
+        print(f"power: not known: {values.power_missing}")
     try:
-        return sink.preview(readout)  # type: ignore[attr-defined]
-    except SinkError:
-        return True  # an unusable readout: reported when it is pushed, no second readout helps
+        p1 = p1_values(values, config.swap_tariffs)
+    except SinkError as error:  # no import energy: no P1 update at all
+        print(f"P1: {error}", file=sys.stderr)
+        return 1
+    if not config.domoticzserver or dry_run:
+        verb = "would send" if config.domoticzserver else "P1 (no Domoticz configured)"
+        print(f"{verb}: svalue={p1.svalue}" if p1 else f"{verb}: nothing: no power figure")
+        return 0
+    if p1 is None:
+        print("domoticz: nothing sent: no power figure for this readout", file=sys.stderr)
+        return 1
+    sink = build_sink("domoticz", config)
+    assert sink is not None  # domoticzserver is set
+    try:
+        sink.publish(values)
+    except SinkError as error:
+        print(f"domoticz: {error}", file=sys.stderr)
+        return 1
+    finally:
+        sink.close()
+    print(f"domoticz: sent svalue={p1.svalue}")
+    return 0

@@ -1,9 +1,12 @@
-"""The loop: read the meter on a fixed schedule, hand readouts to the sinks, talk to systemd.
+"""The loop: read the meter on a fixed schedule, derive the values, hand them to the sinks, talk
+to systemd.
 
-Failures are sorted by kind (see :mod:`iskra_me162.errors`): a bad readout is dropped, a vanished
-port is reopened with back-off, a sink that failed is simply given the current readout next cycle
-(the counters are cumulative, so nothing is lost). Each problem is logged when it starts and when
-it ends, not every cycle, so a log read at 3 a.m. tells a story instead of repeating one line.
+Every readout goes through the derive stage (:mod:`iskra_me162.derive`) once; every sink gets
+the same :class:`~iskra_me162.derive.values.Values`. Failures are sorted by kind (see
+:mod:`iskra_me162.errors`): a bad readout is dropped, a vanished port is reopened with back-off,
+a sink that failed is simply given the current values next cycle (the counters are cumulative,
+so nothing is lost). Each problem is logged when it starts and when it ends, not every cycle, so
+a log read at 3 a.m. tells a story instead of repeating one line.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from iskra_me162.config import Config, load_config
-from iskra_me162.errors import ConfigError, IskraError, PortError, SinkError
+from iskra_me162.derive import Deriver, Values, spans_for
+from iskra_me162.errors import (
+    ConfigError,
+    IskraError,
+    PortError,
+    ReadoutRejected,
+    SinkError,
+    WrongProtocol,
+)
+from iskra_me162.jsontext import number_text
 from iskra_me162.meters import IecMeter
 from iskra_me162.port import Port
 from iskra_me162.readout import Readout
@@ -27,7 +39,6 @@ from iskra_me162.systemd import Notifier
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 5.0  # seconds; doubles per failed cycle up to update_interval
-STATUS_REGISTERS = (("1.8.0", "kWh"), ("2.8.0", "kWh"))
 # Sinks that get every frame of a push meter (SML, every 1-4 s); the others get one readout per
 # update_interval, as with a pull meter.
 LIVE_SINKS = frozenset({"http"})
@@ -38,7 +49,7 @@ class Sink(Protocol):
 
     name: str
 
-    def publish(self, readout: Readout) -> object: ...
+    def publish(self, values: Values) -> object: ...
 
     def close(self) -> None: ...
 
@@ -70,9 +81,9 @@ class ProblemLog:
         else:
             log.debug("%s (still): %s", component, message)
 
-    def ok(self, component: str, what: str = "working again") -> None:
+    def ok(self, component: str, what: str = "working again", level: int = logging.WARNING) -> None:
         if self._current.pop(component, None) is not None:
-            log.warning("%s: %s", component, what)
+            log.log(level, "%s: %s", component, what)
 
 
 class Meter(Protocol):
@@ -122,10 +133,8 @@ SINK_KEYS: dict[str, tuple[str, ...]] = {
         "domoticz_verify_tls",
         "domoticz_timeout",
         "swap_tariffs",
-        "state_file",
-        "update_interval",
     ),
-    "log": ("domoticzserver", "swap_tariffs", "update_interval"),
+    "log": ("domoticzserver", "swap_tariffs"),
     "http": ("http_listen", "http_stale_after", "update_interval"),
     "mqtt": (
         "mqtt_host",
@@ -137,17 +146,27 @@ SINK_KEYS: dict[str, tuple[str, ...]] = {
         "mqtt_topic_prefix",
         "mqtt_discovery_prefix",
         "mqtt_retain",
+        "http_stale_after",
+        "update_interval",
     ),
 }
+# The keys the derive stage is built from; on SIGHUP it is kept (with its counter window) when
+# none of them changed.
+DERIVE_KEYS = ("state_file", "update_interval")
+
+
+def build_deriver(config: Config, save_state: bool = True) -> Deriver:
+    min_span, max_span = spans_for(config.update_interval)
+    return Deriver(
+        min_span_s=min_span,
+        max_span_s=max_span,
+        state_path=config.state_file or None,
+        save_state=save_state,
+    )
 
 
 def build_sink(name: str, config: Config) -> Sink | None:
     """The sink ``name`` as ``config`` describes it, or None when it is switched off."""
-    # Power from counter deltas over a long gap (meter unreadable for a while, daemon stopped)
-    # would be a long average rather than the live power Domoticz shows: re-base instead. Up to
-    # 15 minutes (or 10 cycles) an average is still a plausible figure, and readouts that fail
-    # now and then must not stop the pushes altogether.
-    max_interval = max(10.0 * config.update_interval, 900.0)
     if name == "domoticz" and config.domoticzserver:
         from iskra_me162.sinks.domoticz import DomoticzSink
 
@@ -161,13 +180,11 @@ def build_sink(name: str, config: Config) -> Sink | None:
             verify_tls=config.domoticz_verify_tls,
             timeout=config.domoticz_timeout,
             swap_tariffs=config.swap_tariffs,
-            state_path=config.state_file or None,
-            max_interval_s=max_interval,
         )
     if name == "log" and not config.domoticzserver:
         from iskra_me162.sinks.logonly import LogOnlySink
 
-        return LogOnlySink(swap_tariffs=config.swap_tariffs, max_interval_s=max_interval)
+        return LogOnlySink(swap_tariffs=config.swap_tariffs)
     if name == "http" and config.http_listen:
         from iskra_me162.sinks.http import HttpEndpoint
 
@@ -187,6 +204,7 @@ def build_sink(name: str, config: Config) -> Sink | None:
             config.mqtt_topic_prefix,
             config.mqtt_discovery_prefix,
             config.mqtt_retain,
+            config.stale_after,
         )
     return None
 
@@ -225,14 +243,18 @@ def build_sinks(
     return sinks
 
 
-def status_line(readout: Readout) -> str:
+def status_line(values: Values) -> str:
+    """One line for the log and systemd's status: energy, power and where it came from."""
     parts = []
-    for cde, unit in STATUS_REGISTERS:
-        value = readout.energy_wh(cde)
-        if value is not None:
-            parts.append(f"{cde} {value / 1000:f} {unit}")
-    when = readout.wall_time.strftime("%Y-%m-%d %H:%M:%S UTC")
-    name = readout.identity.model or readout.identity.meter_id
+    for direction, energy in (("import", values.import_energy), ("export", values.export_energy)):
+        if energy is not None:
+            parts.append(f"{direction} {number_text(energy.total_wh.scaleb(-3))} kWh")
+    net = values.net_power
+    if net is not None:
+        span = f" over {net.span_s:.0f} s" if net.span_s is not None else ""
+        parts.append(f"power {net.watts:.0f} W (from the {net.source}{span})")
+    when = values.wall_time.strftime("%Y-%m-%d %H:%M:%S UTC")
+    name = values.identity.model or values.identity.meter_id
     return f"{name}: {', '.join(parts) or 'no energy registers'} at {when}"
 
 
@@ -245,6 +267,7 @@ class Daemon:
         self.signals = _Signals()
         self.problems = ProblemLog()
         self.meter = build_meter(config, self._tick)
+        self.deriver = build_deriver(config)
         self.sinks = build_sinks(config)
         self.failed_cycles = 0
         self.watchdog_starved = False
@@ -320,8 +343,11 @@ class Daemon:
             while not self.signals.stop:
                 if self.signals.reload:
                     self.signals.reload = False
-                    self.reload()
-                    next_due = time.monotonic()
+                    if self.reload():
+                        next_due = time.monotonic()  # another port or protocol: read it now
+                    # Otherwise the schedule stays: a readout right after the last one would
+                    # give power from seconds of counter change, and some meters refuse a new
+                    # session for a minute after one.
                     continue
                 if self.meter.pushes:
                     next_due = self._push_step(next_due)
@@ -343,7 +369,10 @@ class Daemon:
             self._count_failure()
             return now + self._retry_delay()
         self._count_success()
-        self._publish(readout, self.sinks)
+        values = self._derive(readout)
+        if values is not None:
+            log.info("%s", status_line(values))
+            self._publish(values, self.sinks)
         self._feed_watchdog(time.monotonic())
         return self._next_slot(due, now)
 
@@ -358,12 +387,16 @@ class Daemon:
                 self._wait_until(now + self._retry_delay())
             return due
         self._count_success()
-        if now >= due:
-            log.info("%s", status_line(readout))
-            self._publish(readout, self.sinks)
+        values = self._derive(readout)
+        if values is None:
+            pass  # rejected: nothing published, the schedule stays
+        elif now >= due:
+            log.info("%s", status_line(values))
+            self._publish(values, self.sinks)
             due = self._next_slot(due, now)
         else:
-            self._publish(readout, [sink for sink in self.sinks if sink.name in LIVE_SINKS])
+            log.debug("%s", status_line(values))
+            self._publish(values, [sink for sink in self.sinks if sink.name in LIVE_SINKS])
         self._feed_watchdog(time.monotonic())
         return due
 
@@ -391,6 +424,9 @@ class Daemon:
             self.problems.problem("meter", f"{error}; retrying")
             self.meter.close()
             return None
+        except WrongProtocol as error:
+            self.problems.problem("meter", f"{error} in {self.config.path}", logging.ERROR)
+            return None
         except IskraError as error:
             self.problems.problem("meter", f"readout rejected: {error}")
             return None
@@ -399,12 +435,23 @@ class Daemon:
             self.meter.close()
             return None
         self.problems.ok("meter", "good readout again")
-        # A push meter sends a frame every few seconds: its frames are logged at debug level,
-        # the scheduled pushes at info level (see _push_step).
-        log.log(logging.DEBUG if self.meter.pushes else logging.INFO, "%s", status_line(readout))
         return readout
 
-    def _publish(self, readout: Readout, sinks: list[Sink]) -> None:
+    def _derive(self, readout: Readout) -> Values | None:
+        """The values of ``readout``, or None when the derive stage rejected it (logged)."""
+        try:
+            values = self.deriver.derive(readout)
+        except ReadoutRejected as error:
+            self.problems.problem("readout", str(error))
+            return None
+        self.problems.ok("readout", "the meter's readouts are consistent again")
+        if values.power_missing:
+            self.problems.problem("power", f"not known yet: {values.power_missing}", logging.INFO)
+        else:
+            self.problems.ok("power", "known now", logging.INFO)
+        return values
+
+    def _publish(self, values: Values, sinks: list[Sink]) -> None:
         sink_states = []
         for sink in sinks:
             # A push may take up to its timeout: feed the watchdog first, not only after.
@@ -413,7 +460,7 @@ class Daemon:
             try:
                 if self.signals.stop:
                     raise Shutdown
-                sink.publish(readout)
+                sink.publish(values)
             except SinkError as error:
                 self.problems.problem(sink.name, str(error))
                 sink_states.append(f"{sink.name} failing")
@@ -425,7 +472,7 @@ class Daemon:
                 sink_states.append(f"{sink.name} ok")
             finally:
                 self._pushing = False
-        self.notifier.status(f"{status_line(readout)}; {', '.join(sink_states)}")
+        self.notifier.status(f"{status_line(values)}; {', '.join(sink_states)}")
 
     def _wait_until(self, deadline: float) -> None:
         """Sleep until ``deadline`` or a signal, waking only to feed the watchdog."""
@@ -449,7 +496,9 @@ class Daemon:
                     pass
 
     # --- reload and shutdown -----------------------------------------------------------------
-    def reload(self) -> None:
+    def reload(self) -> bool:
+        """Read the configuration again; True when the meter was set up anew (its port or
+        protocol changed), so that it is read at once."""
         self.notifier.reloading()
         try:
             new = load_config(self.config.path)
@@ -459,7 +508,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", error)
             self.notifier.status(f"reload failed: {error}")
             self.notifier.send("READY=1")
-            return
+            return False
         old = self.config
         for warning in new.warnings:
             log.warning("%s", warning)
@@ -475,16 +524,23 @@ class Daemon:
             "baud_switch_delay",
             "sml_baudrate",
         )
-        if any(getattr(old, key) != getattr(new, key) for key in meter_keys):
+        meter_changed = any(getattr(old, key) != getattr(new, key) for key in meter_keys)
+        if meter_changed:
             self.meter.close()
             self.meter = build_meter(new, self._tick)
+        if any(getattr(old, key) != getattr(new, key) for key in DERIVE_KEYS):
+            self.deriver.close()  # its counters go to the state file, the new one reads them
+            self.deriver = build_deriver(new)
         self.sinks = build_sinks(new, {sink.name: sink for sink in self.sinks}, old)
-        log.warning("configuration reloaded from %s", new.path)
+        log.info("configuration reloaded from %s", new.path)
         self.notifier.send("READY=1")
+        reread = ("port", "protocol")
+        return any(getattr(old, key) != getattr(new, key) for key in reread)
 
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.meter.close()
+        self.deriver.close()
         for sink in self.sinks:
             try:
                 sink.close()

@@ -38,6 +38,26 @@ class MeterIdentity:
     serial: str = ""
 
     @property
+    def number(self) -> str:
+        """The meter's number as printed on it.
+
+        An SML server id of 10 bytes is the DIN 43863-5 meter id: medium, manufacturer flag,
+        fabrication block, serial: ``0a 01 49534b 00 04812d55`` on the wire is ``1ISK0075574613``
+        on the meter's front. Anything else as it was sent.
+        """
+        serial = self.serial
+        if len(serial) == 20:
+            try:
+                raw = bytes.fromhex(serial)
+            except ValueError:
+                return serial
+            flag = raw[2:5]
+            if raw[0] == 0x0A and flag.isalpha() and flag.isascii():
+                serial_number = int.from_bytes(raw[6:], "big")
+                return f"{raw[1]}{flag.decode('ascii')}{raw[5]:02d}{serial_number:08d}"
+        return serial or self.meter_id
+
+    @property
     def meter_id(self) -> str:
         """A stable, filename- and topic-safe name: the serial when known, else the model."""
         base = self.serial or f"{self.manufacturer}-{self.model}"

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import json
 import logging
 import math
 import re
@@ -47,15 +46,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 
+from iskra_me162.derive.values import Energy, Power, Values
 from iskra_me162.errors import ConfigError, SinkError
-from iskra_me162.p1 import P1Calculator
-from iskra_me162.readout import Readout
+from iskra_me162.jsontext import iso_utc, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -149,68 +147,12 @@ def _show_address(host: str, port: int) -> str:
 # --- what is served ------------------------------------------------------------------------------
 
 
-def _decimal_text(value: Decimal) -> str:
-    """The exact decimal as a JSON number: no float rounding noise, no exponent, no trailing 0."""
-    if not value.is_finite():
-        return "null"
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+def _kwh(energy: Energy | None) -> Decimal | None:
+    return None if energy is None else energy.total_wh.scaleb(-3)  # exact: scaleb does not round
 
 
-def _json(value: object) -> str:
-    """JSON text of plain data whose numbers may be Decimal (``json`` would need floats)."""
-    if isinstance(value, Decimal):
-        return _decimal_text(value)
-    if value is None or isinstance(value, bool | int | float | str):
-        # Strings come out ASCII-only, so any text from the meter arrives escaped.
-        # allow_nan=False: NaN and Infinity are not JSON; they would be a bug here.
-        return json.dumps(value, allow_nan=False)
-    if isinstance(value, dict):
-        return "{" + _json_members(value) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_json(item) for item in value) + "]"
-    raise TypeError(f"cannot render {type(value).__name__} as JSON")
-
-
-def _json_members(mapping: dict[str, object]) -> str:
-    return ", ".join(f"{json.dumps(str(key))}: {_json(item)}" for key, item in mapping.items())
-
-
-def _iso_utc(moment: datetime) -> str:
-    """ISO 8601 in UTC to the second, e.g. ``2024-05-01T12:00:00Z``; naive means UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _energy_kwh(readout: Readout, direction: int) -> Decimal | None:
-    """Total energy ``direction`` (1 import, 2 export) in kWh.
-
-    The total register (``1.8.0``) when the meter sends one, else the sum of the tariff
-    registers it sends (``1.8.1`` + ``1.8.2`` + ...), else None.
-    """
-    total = readout.energy_wh(f"{direction}.8.0")
-    if total is None:
-        tariffs = [readout.energy_wh(f"{direction}.8.{tariff}") for tariff in range(1, 10)]
-        present = [value for value in tariffs if value is not None]
-        if not present:
-            return None
-        total = sum(present, Decimal(0))
-    return total.scaleb(-3)  # Wh -> kWh exactly (scaleb does not round)
-
-
-def _power_w(readout: Readout) -> Decimal | None:
-    """Active power in W, positive when importing: ``16.7.0``, else ``1.7.0`` - ``2.7.0``."""
-    signed = readout.power_w("16.7.0")
-    if signed is not None:
-        return signed
-    importing = readout.power_w("1.7.0")
-    if importing is None:
-        return None
-    exporting = readout.power_w("2.7.0")
-    return importing if exporting is None else importing - exporting
+def _watts(power: Power | None) -> Decimal | None:
+    return None if power is None else power.watts
 
 
 @dataclass(frozen=True)
@@ -227,22 +169,15 @@ class _Snapshot:
     readings_tail: bytes
 
     @classmethod
-    def render(
-        cls,
-        readout: Readout,
-        stale_after: float,
-        power_w: Decimal | None = None,
-        power_source: str = "meter",
-    ) -> _Snapshot:
-        """``power_w`` is the meter's own power register or, for meters without one, the
-        power from the counters (``power_source`` says which: "meter" or "counters")."""
-        when = _iso_utc(readout.wall_time)
-        import_kwh = _energy_kwh(readout, 1)
+    def render(cls, values: Values, stale_after: float) -> _Snapshot:
+        when = iso_utc(values.wall_time)
+        import_kwh = _kwh(values.import_energy)
         cumulated = None
         if import_kwh is not None:
             document = {"time": when, "type": 0, "unit": "kWh", "value": import_kwh}
-            cumulated = _json(document).encode("ascii")
-        identity = readout.identity
+            cumulated = to_json(document).encode("ascii")
+        identity = values.identity
+        net = values.net_power
         rest = {
             "stale_after_s": stale_after,
             "meter": {
@@ -252,9 +187,12 @@ class _Snapshot:
                 "serial": identity.serial,
             },
             "import_kwh": import_kwh,
-            "export_kwh": _energy_kwh(readout, 2),
-            "power_w": power_w,
-            "power_source": power_source if power_w is not None else None,
+            "export_kwh": _kwh(values.export_energy),
+            "power_w": _watts(net),
+            "import_power_w": _watts(values.import_power),
+            "export_power_w": _watts(values.export_power),
+            "power_source": None if net is None else net.source,
+            "power_missing": values.power_missing or None,
             "readings": [
                 {
                     "obis": str(reading.code),
@@ -263,19 +201,20 @@ class _Snapshot:
                     "raw": reading.raw,
                     "extra": list(reading.extra),
                 }
-                for reading in readout.readings
+                for reading in values.readout.readings
             ],
         }
+        members = to_json(rest)[1:]  # without its "{": the age goes before it
         return cls(
-            monotonic=readout.monotonic,
+            monotonic=values.monotonic,
             cumulated=cumulated,
-            readings_head=('{"time": ' + _json(when) + ', "age_s": ').encode("ascii"),
-            readings_tail=(", " + _json_members(rest) + "}").encode("ascii"),
+            readings_head=('{"time":' + to_json(when) + ',"age_s":').encode("ascii"),
+            readings_tail=("," + members).encode("ascii"),
         )
 
 
 def _error(message: str) -> bytes:
-    return _json({"error": message}).encode("ascii")
+    return to_json({"error": message}).encode("ascii")
 
 
 # Fixed error bodies: nothing from the request ever goes into an answer.
@@ -312,10 +251,10 @@ def _answer(
         if snapshot.cumulated is None:
             return HTTPStatus.SERVICE_UNAVAILABLE, _NO_IMPORT
         return HTTPStatus.OK, snapshot.cumulated
-    age_text = _json(round(age, 3)).encode("ascii")
+    age_text = to_json(round(age, 3)).encode("ascii")
     if route == "readings":
         return HTTPStatus.OK, snapshot.readings_head + age_text + snapshot.readings_tail
-    return HTTPStatus.OK, b'{"status": "ok", "age_s": ' + age_text + b"}"
+    return HTTPStatus.OK, b'{"status":"ok","age_s":' + age_text + b"}"
 
 
 class _Latest:
@@ -750,9 +689,6 @@ class HttpEndpoint:
         self._max_connections = max_connections
         self._request_timeout = float(request_timeout)
         self._latest = _Latest()
-        # Meters without a power register (the ME162): power from the counters of consecutive
-        # readouts, as for Domoticz. Longer gaps than this give no figure rather than an average.
-        self._power_from_counters = P1Calculator(max_interval_s=max(3.5 * stale_after, 900.0))
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -799,20 +735,9 @@ class HttpEndpoint:
             self._stale_after,
         )
 
-    def publish(self, readout: Readout) -> None:
-        """Serve ``readout`` from now on. Renders it and swaps a reference: never waits."""
-        power, source = _power_w(readout), "meter"
-        if power is None:
-            power, source = self._counter_power(readout), "counters"
-        self._latest.set(_Snapshot.render(readout, self._stale_after, power, source))
-
-    def _counter_power(self, readout: Readout) -> Decimal | None:
-        try:
-            values = self._power_from_counters.use(readout)
-        except SinkError as error:  # no usable energy registers: no power either
-            logger.debug("no power from the counters: %s", error)
-            return None
-        return None if values is None else Decimal(values.cons - values.prod)
+    def publish(self, values: Values) -> None:
+        """Serve ``values`` from now on. Renders them and swaps a reference: never waits."""
+        self._latest.set(_Snapshot.render(values, self._stale_after))
 
     def close(self) -> None:
         """Stop serving, drop every connection, free the port and join the threads."""

@@ -40,8 +40,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from iskra_me162.derive.values import Values
 from iskra_me162.errors import ConfigError, SinkError
-from iskra_me162.readout import MeterIdentity, Readout
+from iskra_me162.readout import MeterIdentity
 from iskra_me162.sinks import mqtt_client
 from iskra_me162.sinks.mqtt_messages import (
     AVAILABLE,
@@ -90,6 +91,7 @@ class _Settings:
     topic_prefix: str
     discovery_prefix: str
     retain: bool
+    expire_after: int
     client_id: str
     keepalive: int
     reconnect_min_delay: float
@@ -127,6 +129,7 @@ class MqttSink:
         topic_prefix: str = "iskra-me162",
         discovery_prefix: str = "homeassistant",
         retain: bool = False,
+        stale_after: float = 180.0,
         *,
         client_id: str = "",
         keepalive: int = 60,
@@ -163,6 +166,8 @@ class MqttSink:
             topic_prefix=topic_prefix,
             discovery_prefix=discovery_prefix,
             retain=retain,
+            # Home Assistant takes whole seconds; rounding down keeps it within the rule.
+            expire_after=max(1, int(stale_after)),
             client_id=client_id or f"iskra-me162-{secrets.token_hex(6)}",
             keepalive=keepalive,
             reconnect_min_delay=reconnect_min_delay,
@@ -189,13 +194,13 @@ class MqttSink:
         """Whether the broker accepted the current connection."""
         return self._session is not None and self._session.connected
 
-    def publish(self, readout: Readout) -> Published:
-        """Hand ``readout`` to the broker connection; never waits for the broker (see the module
+    def publish(self, values: Values) -> Published:
+        """Hand ``values`` to the broker connection; never waits for the broker (see the module
         doc for the first reading). SinkError with a stable message while the broker cannot be
-        reached or refuses us; the latest readout is then published when it is back."""
+        reached or refuses us; the latest reading is then published when it is back."""
         if self._closed:
             raise SinkError("the MQTT sink is closed")
-        return self._session_for(readout.identity).publish(readout)
+        return self._session_for(values.identity).publish(values)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the broker acknowledged every message handed to it; False on timeout."""
@@ -257,7 +262,7 @@ class _Session:
         self._problem: str | None = None
         self._first_outcome = threading.Event()
         self._waited_for_first = False
-        self._latest: Readout | None = None
+        self._latest: Values | None = None
         self._announced: dict[str, bytes] = {}  # discovery topic -> config published
         self._entities: set[Entity] = set()
         self._outstanding: deque[Any] = deque(maxlen=MAX_QUEUED)
@@ -298,15 +303,15 @@ class _Session:
 
     # --- the meter loop's side -------------------------------------------------------------------
 
-    def publish(self, readout: Readout) -> Published:
+    def publish(self, values: Values) -> Published:
         if not self._waited_for_first:
             self._waited_for_first = True
             self._first_outcome.wait(self._settings.first_connect_wait)
         with self._send_lock:
-            self._latest = readout
+            self._latest = values
             connected, problem = self._status()
             if connected:
-                return self._send(readout)
+                return self._send(values)
         if problem is not None:
             raise SinkError(f"{problem}; retrying")
         return Published(sent=False)
@@ -343,21 +348,25 @@ class _Session:
 
     # --- sending (with _send_lock held) ----------------------------------------------------------
 
-    def _send(self, readout: Readout) -> Published:
+    def _send(self, values: Values) -> Published:
         """Discovery for entities not announced yet, then the state; the guard learns only
         what paho took."""
-        values = entity_values(readout)
+        found = entity_values(values)
         configs = discovery_configs(
-            readout.identity, {*self._entities, *values}, self.topics, self._settings.sw_version
+            values.identity,
+            {*self._entities, *found},
+            self.topics,
+            self._settings.sw_version,
+            self._settings.expire_after,
         )
         for topic, payload in configs.items():
             if self._announced.get(topic) != payload:
                 if not self._put(Message(topic, payload, retain=True)):
                     return Published(sent=False)
                 self._announced[topic] = payload
-        self._entities.update(values)
+        self._entities.update(found)
         rendered = render_state(
-            readout, self.topics, self._guard, self._entities, self._settings.retain
+            values, self.topics, self._guard, self._entities, self._settings.retain
         )
         for message in rendered.messages:
             if not self._put(message):
@@ -394,8 +403,12 @@ class _Session:
         for topic, payload in self._announced.items():
             if not self._put(Message(topic, payload, retain=True)):
                 return
-        if self._latest is not None:
-            self._send(self._latest)
+        latest = self._latest
+        # A reading older than the freshness rule would show old values as current until
+        # expire_after ran out once more: the next reading comes soon enough.
+        age = None if latest is None else time.monotonic() - latest.monotonic
+        if latest is not None and age is not None and age <= self._settings.expire_after:
+            self._send(latest)
 
     # --- paho's network thread -------------------------------------------------------------------
 

@@ -23,15 +23,15 @@ Numbers are written as exact decimals (``7408.2524``, never ``7408.252399999999`
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 
+from iskra_me162.derive.values import Values
 from iskra_me162.errors import ConfigError
+from iskra_me162.jsontext import iso_utc, number_text, to_json
 from iskra_me162.obis import CURRENT_BILLING_PERIOD, Reading
 from iskra_me162.readout import MeterIdentity, Readout
 
@@ -220,36 +220,26 @@ def _energy_entity(direction: str, tariff: int | None) -> Entity:
 POWER = Entity("power", "Power", "power_w", "W", "power", "measurement")
 
 
-def entity_values(readout: Readout) -> dict[Entity, Decimal]:
-    """The Home Assistant values the readout has, in kWh and W; absent entities left out.
+def entity_values(values: Values) -> dict[Entity, Decimal]:
+    """The Home Assistant values of a readout, in kWh and W; absent entities left out.
 
-    Per direction (import 1.8.x, export 2.8.x): the total (x.8.0, or the sum of the tariff
-    registers when the meter sends no total) and each tariff register it sends. Power is the
-    signed sum 16.7.0 (positive when importing), else 1.7.0 - 2.7.0 with what is there.
+    Per direction: the total and, when the meter really counts per tariff
+    (:attr:`~iskra_me162.derive.values.Energy.has_tariffs`), each tariff register it sends;
+    a meter that repeats its total in tariff 1 gets no tariff sensors, so that nobody adds the
+    same energy twice to Home Assistant's Energy dashboard. Power is the net power (positive
+    when importing), from the meter's registers or its counters.
     """
-    values: dict[Entity, Decimal] = {}
-    for direction, c in (("import", 1), ("export", 2)):
-        tariffs = {
-            tariff: wh
-            for tariff in _TARIFFS
-            if (wh := readout.energy_wh(f"{c}.8.{tariff}")) is not None
-        }
-        total = readout.energy_wh(f"{c}.8.0")
-        if total is None and tariffs:
-            total = sum(tariffs.values(), Decimal(0))
-        if total is not None:
-            values[_energy_entity(direction, None)] = total * _KWH_PER_WH
-        for tariff, wh in tariffs.items():
-            values[_energy_entity(direction, tariff)] = wh * _KWH_PER_WH
-    power = readout.power_w("16.7.0")
-    if power is None:
-        importing = readout.power_w("1.7.0")
-        exporting = readout.power_w("2.7.0")
-        if importing is not None or exporting is not None:
-            power = (importing or Decimal(0)) - (exporting or Decimal(0))
-    if power is not None:
-        values[POWER] = power
-    return values
+    found: dict[Entity, Decimal] = {}
+    for direction, energy in (("import", values.import_energy), ("export", values.export_energy)):
+        if energy is None:
+            continue
+        found[_energy_entity(direction, None)] = energy.total_wh * _KWH_PER_WH
+        if energy.has_tariffs:
+            for tariff, wh in energy.tariffs_wh:
+                found[_energy_entity(direction, tariff)] = wh * _KWH_PER_WH
+    if values.net_power is not None:
+        found[POWER] = values.net_power.watts
+    return found
 
 
 # --- never a lower total -----------------------------------------------------------------------
@@ -357,7 +347,7 @@ class StateRender:
 
 
 def render_state(
-    readout: Readout,
+    values: Values,
     topics: Topics,
     guard: TotalsGuard,
     announced: Iterable[Entity],
@@ -373,9 +363,9 @@ def render_state(
     Home Assistant's templates always find their field.
     """
     result = StateRender()
-    identity = readout.identity
+    identity = values.identity
     document: dict[str, object] = {
-        "time": _iso_utc(readout.wall_time),
+        "time": iso_utc(values.wall_time),
         "meter": {
             "id": identity.meter_id,
             "manufacturer": identity.manufacturer,
@@ -384,9 +374,9 @@ def render_state(
         },
     }
     state_totals: list[tuple[str, Decimal]] = []
-    values = entity_values(readout)
-    for entity in _ordered({*values, *announced}):
-        value = values.get(entity)
+    found = entity_values(values)
+    for entity in _ordered({*found, *announced}):
+        value = found.get(entity)
         if entity.is_total:
             if value is not None and guard.allows(entity.field, value):
                 state_totals.append((entity.field, value))
@@ -398,7 +388,7 @@ def render_state(
                     continue
         document[entity.field] = value
     registers: dict[str, object] = {}
-    for register in registers_of(readout):
+    for register in registers_of(values.readout):
         totals: tuple[tuple[str, Decimal], ...] = ()
         if register.value is None:
             registers[register.key] = {"obis": register.obis, "text": register.text}
@@ -431,14 +421,19 @@ def discovery_configs(
     entities: Iterable[Entity],
     topics: Topics,
     sw_version: str,
+    expire_after: int,
 ) -> dict[str, bytes]:
     """Home Assistant discovery configs (topic -> JSON) for the entities of one meter.
 
     Fields are those of Home Assistant's MQTT sensor: name, unique_id, state_topic,
-    value_template, unit_of_measurement, device_class, state_class, availability_topic,
-    payload_available, payload_not_available, qos, device (identifiers, manufacturer, model,
-    name, serial_number) and origin. Published retained, so Home Assistant finds them after
-    its own restart too.
+    value_template, unit_of_measurement, device_class, state_class, expire_after,
+    availability_topic, payload_available, payload_not_available, qos, device (identifiers,
+    manufacturer, model, name, serial_number) and origin. Published retained, so Home Assistant
+    finds them after its own restart too.
+
+    ``expire_after`` is the daemon's one freshness rule (the age at which the HTTP endpoint
+    answers 503 too): when no reading arrives for that many seconds, Home Assistant shows the
+    sensors as unavailable instead of the last values, and the next reading brings them back.
     """
     device = device_info(identity)
     configs: dict[str, bytes] = {}
@@ -452,6 +447,7 @@ def discovery_configs(
             "unit_of_measurement": entity.unit,
             "device_class": entity.device_class,
             "state_class": entity.state_class,
+            "expire_after": expire_after,
             "availability_topic": topics.availability,
             "payload_available": AVAILABLE,
             "payload_not_available": NOT_AVAILABLE,
@@ -464,21 +460,22 @@ def discovery_configs(
 
 
 def device_info(identity: MeterIdentity) -> dict[str, object]:
-    """Home Assistant's device of a meter: one per meter id (the serial when it sends one)."""
+    """Home Assistant's device of a meter: one per meter id (the serial when it sends one),
+    named after the manufacturer and the number printed on the meter."""
     flag = identity.manufacturer.strip()
     manufacturer = _MANUFACTURERS.get(flag.upper(), flag)
     model = identity.model.strip()
     label = " ".join(part for part in (manufacturer or "Electricity meter", model) if part)
     device: dict[str, object] = {
         "identifiers": [f"{UNIQUE_ID_PREFIX}_{safe_id(identity.meter_id)}"],
-        "name": f"{label} {identity.meter_id}",
+        "name": f"{label} {identity.number}",
     }
     if manufacturer:
         device["manufacturer"] = manufacturer
     if model:
         device["model"] = model
     if identity.serial:
-        device["serial_number"] = identity.serial
+        device["serial_number"] = identity.number
     return device
 
 
@@ -498,35 +495,3 @@ def _ordered(entities: Iterable[Entity]) -> list[Entity]:
         return 2, entity.key
 
     return sorted(set(entities), key=rank)
-
-
-# --- JSON with exact numbers ------------------------------------------------------------------
-
-
-def number_text(value: Decimal) -> str:
-    """An exact decimal as text: no exponent, no trailing zeros, ``0`` for any zero."""
-    if not value.is_finite():
-        return "null"
-    if value == 0:
-        return "0"
-    return format(value.normalize(), "f")
-
-
-def to_json(value: object) -> str:
-    """JSON for dicts, lists, strings, Decimals, ints, bools and None; Decimals stay exact."""
-    if isinstance(value, Mapping):
-        members = (f"{json.dumps(str(key))}:{to_json(item)}" for key, item in value.items())
-        return "{" + ",".join(members) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(to_json(item) for item in value) + "]"
-    if isinstance(value, Decimal):
-        return number_text(value)
-    if value is None or isinstance(value, bool | int | str):
-        return json.dumps(value)
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def _iso_utc(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
