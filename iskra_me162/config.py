@@ -6,8 +6,11 @@ double or single quotes, an integer, a decimal number, or ``True``/``False``. An
 expression, a call, an f-string, a second statement — is a :class:`ConfigError` that names the file
 and line, and nothing in the file is run.
 
-:data:`KEYS` is the one list of keys, types, defaults and limits: the parser,
-``--check-config``, the shipped example file and the man page are all checked against it.
+Every key is declared once, as a field of :class:`Config` made by the :class:`Component` it
+configures (``METER.key(default, doc, limits...)``): its type is the field's annotation, its
+default the field's default. :data:`KEYS` (name → :class:`KeySpec`) is read off those fields, and
+the parser, ``--check-config``, the shipped example file, the man page check and the daemon's
+per-sink key lists (:func:`keys_of`) all use it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +30,19 @@ DEFAULT_PATH = "/etc/default/iskra-me162"
 DEFAULT_STATE_FILE = "/run/iskra-me162/state"
 # The 2016 script's default; /var/run is root's and the service user cannot write there.
 LEGACY_STATE_FILE = "/var/run/me162-state"
-PROTOCOLS = ("iec62056-21", "sml")
+# serial_format's default depends on the protocol; the first protocol is the default one.
 SERIAL_FORMAT_DEFAULTS = {"iec62056-21": "7E1", "sml": "8N1"}
+PROTOCOLS = tuple(SERIAL_FORMAT_DEFAULTS)
 STANDARD_BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-# pyserial URL handlers that make sense for an IR head (sim:// is our simulator).
-PORT_URL_SCHEMES = ("rfc2217", "socket", "sim")
 LOCKOUT_WARNING_INTERVAL = 60  # below this some meters refuse new sessions (they lock out)
 
 Value = str | int | float | bool
+_SPEC = "iskra_me162.key"  # the field metadata entry that makes a Config field a key
 
 
 @dataclass(frozen=True)
 class KeySpec:
-    """One configuration key: its type, default, limits and a one-line description."""
+    """One configuration key: its type, default, limits, a one-line description, its component."""
 
     kind: type
     default: Value | None
@@ -48,6 +52,65 @@ class KeySpec:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None  # returns an error message or None
     secret: bool = False
+    component: str = ""  # a name of COMPONENTS
+
+
+@dataclass(frozen=True)
+class Component:
+    """A part of the daemon with keys of its own: the meter, the loop, a stage or a sink.
+
+    ``title`` is the heading its keys are under in etc/default/iskra-me162 and in iskra-me162(5)
+    (both checked).
+    """
+
+    name: str
+    title: str
+
+    def key(
+        self,
+        default: Value | None,
+        doc: str,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        choices: tuple[str, ...] = (),
+        check: Callable[[Any], str | None] | None = None,
+        secret: bool = False,
+    ) -> Any:  # like dataclasses.field(): the field's type is its annotation
+        """A :class:`Config` field that is a key of this component (its type: the annotation)."""
+        spec = {
+            "doc": doc,
+            "minimum": minimum,
+            "maximum": maximum,
+            "choices": choices,
+            "check": check,
+            "secret": secret,
+            "component": self.name,
+        }
+        return field(default=default, repr=not secret, metadata={_SPEC: spec})
+
+
+METER = Component("meter", "The meter")  # port.py, meters.py, sml_meter.py
+DAEMON = Component("daemon", "The daemon")  # daemon.py: schedule, watchdog, logging
+DERIVE = Component("derive", "The state file")  # the derive stage: values for every sink
+DOMOTICZ = Component("domoticz", "Domoticz")  # sinks/domoticz.py (and logonly.py without it)
+MQTT = Component("mqtt", "MQTT")  # sinks/mqtt.py
+HTTP = Component("http", "HTTP endpoint")  # sinks/http.py
+COMPONENTS: dict[str, Component] = {
+    component.name: component for component in (METER, DAEMON, DERIVE, DOMOTICZ, MQTT, HTTP)
+}
+
+
+# --- checks of single values (a lazy import each: only when the file sets that key) -------------
+def _check_port(value: str) -> str | None:
+    """A device path is checked when it is opened (it may appear later: USB); a URL now."""
+    if not value.strip():
+        return "must not be empty"
+    if "://" not in value:
+        return None
+    from iskra_me162.port import url_problem
+
+    return url_problem(value)
 
 
 def _check_serial_format(value: str) -> str | None:
@@ -100,179 +163,116 @@ def _check_listen(value: str) -> str | None:
     return None
 
 
-def _check_port(value: str) -> str | None:
-    """A device path is checked when it is opened (it may appear later: USB); a URL now."""
-    if not value.strip():
-        return "must not be empty"
-    if "://" not in value:
-        return None
-    if value.startswith("sim://"):
-        from iskra_me162.urlhandler.protocol_sim import parse_url
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration: one field per key, grouped by component, then ``warnings``.
 
-        try:
-            parse_url(value)
-        except ConfigError as error:
-            return f"is not a valid simulator URL: {error.message}"
-        return None
-    scheme = value.split("://", 1)[0].lower()
-    if scheme not in PORT_URL_SCHEMES:
-        return f"URL scheme {scheme!r} is not supported; use a device path, " + ", ".join(
-            f"{known}://" for known in PORT_URL_SCHEMES
-        )
-    return None
+    ``warnings`` are logged by the daemon once logging is up.
+    """
 
+    path: str = DEFAULT_PATH
 
-KEYS: dict[str, KeySpec] = {
-    # --- the meter -------------------------------------------------------------------------
-    "protocol": KeySpec(
-        str,
-        "iec62056-21",
+    # --- the meter ---------------------------------------------------------------------------
+    protocol: str = METER.key(
+        PROTOCOLS[0],
         "iec62056-21 (mode C request and readout) or sml (meters that push SML frames)",
         choices=PROTOCOLS,
-    ),
-    "port": KeySpec(
-        str,
+    )
+    port: str = METER.key(
         "/dev/ttyUSB0",
         "serial device of the IR head, or a pyserial URL (rfc2217://host:port, socket://host:port)",
         check=_check_port,
-    ),
-    "serial_format": KeySpec(
-        str,
-        "7E1",
+    )
+    serial_format: str = METER.key(
+        SERIAL_FORMAT_DEFAULTS[PROTOCOLS[0]],
         "data bits, parity, stop bits; iec62056-21: 7E1 (8N1 for adapters without 7-bit "
         "support: bytes are then masked to 7 bits); sml: 8N1 unless set",
         check=_check_serial_format,
-    ),
-    "sml_baudrate": KeySpec(
-        int,
-        9600,
-        "baud rate of an SML meter (almost all push at 9600)",
-        check=_check_baud_rate,
-    ),
-    "use_highspeed": KeySpec(
-        bool, True, "switch to the baud rate the meter proposes after the identification"
-    ),
-    "baud_switch_delay": KeySpec(
-        float,
+    )
+    sml_baudrate: int = METER.key(
+        9600, "baud rate of an SML meter (almost all push at 9600)", check=_check_baud_rate
+    )
+    use_highspeed: bool = METER.key(
+        True, "switch to the baud rate the meter proposes after the identification"
+    )
+    baud_switch_delay: float = METER.key(
         0.1,
         "seconds between sending the ACK (drained from the output) and switching the baud rate",
         minimum=0.0,
         maximum=1.5,
-    ),
-    "update_interval": KeySpec(
-        int, 60, "seconds between two readouts and pushes", minimum=1, maximum=86400
-    ),
-    "watchdog_failed_cycles": KeySpec(
-        int,
+    )
+
+    # --- the daemon's loop -------------------------------------------------------------------
+    update_interval: int = DAEMON.key(
+        60, "seconds between two readouts and pushes", minimum=1, maximum=86400
+    )
+    watchdog_failed_cycles: int = DAEMON.key(
         10,
         "consecutive failed cycles after which the systemd watchdog is no longer fed",
         minimum=1,
         maximum=100000,
-    ),
-    "print_debug": KeySpec(int, 0, "0 = warnings, 1 = info, 2 = debug", minimum=0, maximum=2),
-    "state_file": KeySpec(
-        str, DEFAULT_STATE_FILE, "last-sent counters (put it on tmpfs); empty = keep in memory"
-    ),
-    # --- Domoticz --------------------------------------------------------------------------
-    "domoticzserver": KeySpec(
-        str, "", "host:port or http(s):// URL of Domoticz; empty disables Domoticz"
-    ),
-    "domoticzusername": KeySpec(str, "", "Domoticz user for Basic auth; empty = no auth"),
-    "domoticzpassword": KeySpec(str, "", "Domoticz password", secret=True),
-    "device_index": KeySpec(
-        int, None, "Idx of the P1 Smart Meter (Electric) device", minimum=1, maximum=10**9
-    ),
-    "domoticz_ca_file": KeySpec(str, "", "CA certificate file for an https:// Domoticz"),
-    "domoticz_verify_tls": KeySpec(bool, True, "verify the https:// certificate of Domoticz"),
-    "domoticz_timeout": KeySpec(
-        float, 10.0, "seconds to wait for Domoticz", minimum=0.5, maximum=300
-    ),
-    "swap_tariffs": KeySpec(bool, False, "send tariff 2 as Domoticz's T1 and tariff 1 as T2"),
-    # --- MQTT with Home Assistant discovery --------------------------------------------------
-    "mqtt_host": KeySpec(
-        str,
+    )
+    print_debug: int = DAEMON.key(0, "0 = warnings, 1 = info, 2 = debug", minimum=0, maximum=2)
+
+    # --- the derive stage: its state file ------------------------------------------------------
+    state_file: str = DERIVE.key(
+        DEFAULT_STATE_FILE, "last-sent counters (put it on tmpfs); empty = keep in memory"
+    )
+
+    # --- Domoticz ------------------------------------------------------------------------------
+    domoticzserver: str = DOMOTICZ.key(
+        "", "host:port or http(s):// URL of Domoticz; empty disables Domoticz"
+    )
+    domoticzusername: str = DOMOTICZ.key("", "Domoticz user for Basic auth; empty = no auth")
+    domoticzpassword: str = DOMOTICZ.key("", "Domoticz password", secret=True)
+    device_index: int | None = DOMOTICZ.key(
+        None, "Idx of the P1 Smart Meter (Electric) device", minimum=1, maximum=10**9
+    )
+    domoticz_ca_file: str = DOMOTICZ.key("", "CA certificate file for an https:// Domoticz")
+    domoticz_verify_tls: bool = DOMOTICZ.key(True, "verify the https:// certificate of Domoticz")
+    domoticz_timeout: float = DOMOTICZ.key(
+        10.0, "seconds to wait for Domoticz", minimum=0.5, maximum=300
+    )
+    swap_tariffs: bool = DOMOTICZ.key(False, "send tariff 2 as Domoticz's T1 and tariff 1 as T2")
+
+    # --- MQTT with Home Assistant discovery ------------------------------------------------------
+    mqtt_host: str = MQTT.key(
         "",
         "host name or IP address of the MQTT broker; empty = MQTT off",
         check=_check_mqtt_host,
-    ),
-    "mqtt_port": KeySpec(
-        int, 1883, "TCP port of the broker (8883 is usual for TLS)", minimum=1, maximum=65535
-    ),
-    "mqtt_username": KeySpec(str, "", "MQTT user name; empty = no login"),
-    "mqtt_password": KeySpec(str, "", "MQTT password (needs mqtt_username)", secret=True),
-    "mqtt_tls": KeySpec(bool, False, "connect with TLS (certificate and host name are checked)"),
-    "mqtt_ca_file": KeySpec(
-        str, "", "CA certificate (PEM) of the broker's certificate; empty = the system's CAs"
-    ),
-    "mqtt_topic_prefix": KeySpec(
-        str,
+    )
+    mqtt_port: int = MQTT.key(
+        1883, "TCP port of the broker (8883 is usual for TLS)", minimum=1, maximum=65535
+    )
+    mqtt_username: str = MQTT.key("", "MQTT user name; empty = no login")
+    mqtt_password: str = MQTT.key("", "MQTT password (needs mqtt_username)", secret=True)
+    mqtt_tls: bool = MQTT.key(False, "connect with TLS (certificate and host name are checked)")
+    mqtt_ca_file: str = MQTT.key(
+        "", "CA certificate (PEM) of the broker's certificate; empty = the system's CAs"
+    )
+    mqtt_topic_prefix: str = MQTT.key(
         "iskra-me162",
         "first topic level(s) of everything published",
         check=_topic_prefix_check("mqtt_topic_prefix"),
-    ),
-    "mqtt_discovery_prefix": KeySpec(
-        str,
+    )
+    mqtt_discovery_prefix: str = MQTT.key(
         "homeassistant",
         "Home Assistant's MQTT discovery prefix",
         check=_topic_prefix_check("mqtt_discovery_prefix"),
-    ),
-    "mqtt_retain": KeySpec(bool, False, "keep the latest state messages on the broker (retained)"),
-    # --- HTTP endpoint (Home Assistant RESTful sensor) ---------------------------------------
-    "http_listen": KeySpec(
-        str, "", "host:port to serve the readings over HTTP on; empty = off", check=_check_listen
-    ),
-    "http_stale_after": KeySpec(
-        float,
+    )
+    mqtt_retain: bool = MQTT.key(False, "keep the latest state messages on the broker (retained)")
+
+    # --- HTTP endpoint (Home Assistant RESTful sensor) -------------------------------------------
+    http_listen: str = HTTP.key(
+        "", "host:port to serve the readings over HTTP on; empty = off", check=_check_listen
+    )
+    http_stale_after: float = HTTP.key(
         0.0,
         "seconds after which a reading is too old to serve (503); 0 = three times the interval",
         minimum=0.0,
         maximum=86400 * 7,
-    ),
-}
+    )
 
-# A value: "..." or '...' (backslash escapes as in Python), an integer, a decimal, True/False.
-_LINE_RE = re.compile(r"^\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)\s*$")
-_STRING_RE = re.compile(r"""(?P<q>["'])(?P<body>(?:\\.|(?!(?P=q))[^\\])*)(?P=q)""")
-_INT_RE = re.compile(r"[+-]?\d+")
-_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_LINE_END = re.compile(r"\r\n|\n|\r")
-_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
-
-
-@dataclass(frozen=True)
-class Config:
-    """The validated configuration. ``warnings`` are logged by the daemon once logging is up."""
-
-    path: str = DEFAULT_PATH
-    protocol: str = "iec62056-21"
-    port: str = "/dev/ttyUSB0"
-    serial_format: str = "7E1"
-    sml_baudrate: int = 9600
-    use_highspeed: bool = True
-    baud_switch_delay: float = 0.1
-    update_interval: int = 60
-    watchdog_failed_cycles: int = 10
-    print_debug: int = 0
-    state_file: str = DEFAULT_STATE_FILE
-    domoticzserver: str = ""
-    domoticzusername: str = ""
-    domoticzpassword: str = field(default="", repr=False)
-    device_index: int | None = None
-    domoticz_ca_file: str = ""
-    domoticz_verify_tls: bool = True
-    domoticz_timeout: float = 10.0
-    swap_tariffs: bool = False
-    mqtt_host: str = ""
-    mqtt_port: int = 1883
-    mqtt_username: str = ""
-    mqtt_password: str = field(default="", repr=False)
-    mqtt_tls: bool = False
-    mqtt_ca_file: str = ""
-    mqtt_topic_prefix: str = "iskra-me162"
-    mqtt_discovery_prefix: str = "homeassistant"
-    mqtt_retain: bool = False
-    http_listen: str = ""
-    http_stale_after: float = 0.0
     warnings: tuple[str, ...] = ()
 
     @property
@@ -289,6 +289,50 @@ class Config:
             if spec.secret
             if getattr(self, name)
         )
+
+
+def _kind(annotation: object) -> type:
+    """A key's value type from its field's annotation; ``int | None``: a key without default."""
+    kinds = [arg for arg in typing.get_args(annotation) or (annotation,) if arg is not type(None)]
+    if len(kinds) != 1 or kinds[0] not in (str, int, float, bool):
+        raise TypeError(f"a key is str, int, float or bool (or one of them | None): {annotation}")
+    return kinds[0]
+
+
+def _declared_keys() -> dict[str, KeySpec]:
+    """KEYS read off Config's fields, in their order (which --check-config prints)."""
+    annotations = typing.get_type_hints(Config)
+    keys: dict[str, KeySpec] = {}
+    for item in fields(Config):
+        if _SPEC in item.metadata:  # path and warnings are not keys of the file
+            keys[item.name] = KeySpec(
+                _kind(annotations[item.name]), item.default, **item.metadata[_SPEC]
+            )
+    return keys
+
+
+KEYS: dict[str, KeySpec] = _declared_keys()
+
+
+def keys_of(*components: str) -> tuple[str, ...]:
+    """The keys of the named components (names of :data:`COMPONENTS`), in declaration order.
+
+    For example what the daemon compares on a reload to decide whether to rebuild a sink:
+    ``keys_of("mqtt")``; a sink that also reads another component's key adds it by name.
+    """
+    unknown = [name for name in components if name not in COMPONENTS]
+    if unknown:
+        raise KeyError(f"no such component: {', '.join(unknown)} (see config.COMPONENTS)")
+    return tuple(key for key, spec in KEYS.items() if spec.component in components)
+
+
+# A value: "..." or '...' (backslash escapes as in Python), an integer, a decimal, True/False.
+_LINE_RE = re.compile(r"^\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)\s*$")
+_STRING_RE = re.compile(r"""(?P<q>["'])(?P<body>(?:\\.|(?!(?P=q))[^\\])*)(?P=q)""")
+_INT_RE = re.compile(r"[+-]?\d+")
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_LINE_END = re.compile(r"\r\n|\n|\r")
+_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
 
 
 def _strip_comment(text: str) -> str:

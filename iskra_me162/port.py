@@ -22,15 +22,18 @@ import errno
 import logging
 import termios
 import time
+import urllib.parse
 from collections.abc import Callable
 from types import ModuleType
 
-from iskra_me162.errors import MeterTimeout, PortError
+from iskra_me162.errors import ConfigError, MeterTimeout, PortError
 
 log = logging.getLogger(__name__)
 
 READ_SLICE = 0.25  # seconds one blocking read may take before tick() runs again
 URL_HANDLER_PACKAGE = "iskra_me162.urlhandler"  # provides sim:// (the built-in simulator)
+# The pyserial URL schemes that make sense for an IR head (sim:// is the built-in simulator).
+URL_SCHEMES = ("rfc2217", "socket", "sim")
 
 # Even parity in bit 7, for sending 7E1 characters through an adapter set to 8N1.
 _EVEN_PARITY = bytes(b | (0x80 if bin(b).count("1") % 2 else 0) for b in range(128)) * 2
@@ -61,6 +64,33 @@ class _UnsupportedFormat(Exception):
 
 def _is_url(port: str) -> bool:
     return "://" in port
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name a port, or None; nothing is opened or connected.
+
+    For the config check: a wrong URL is a mistake that no reopening fixes, so it must not wait
+    for the first open. ``sim://`` options are parsed by the handler that opens them.
+    """
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in URL_SCHEMES:
+        return f"URL scheme {scheme!r} is not supported; use a device path, " + ", ".join(
+            f"{known}://" for known in URL_SCHEMES
+        )
+    if scheme == "sim":
+        from iskra_me162.urlhandler.protocol_sim import parse_url
+
+        try:
+            parse_url(url)
+        except ConfigError as error:
+            return f"is not a valid simulator URL: {error.message}"
+        return None
+    try:  # socket://, rfc2217://: pyserial takes the rest (options) on open
+        parts = urllib.parse.urlsplit(url)
+        has_address = bool(parts.hostname) and parts.port is not None
+    except ValueError as error:  # a port number out of range or not a number
+        return f"is not a valid {scheme}:// URL: {error}"
+    return None if has_address else f"needs a host and a TCP port: {scheme}://host:port"
 
 
 class Port:

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from iskra_me162.config import (
+    COMPONENTS,
     DEFAULT_STATE_FILE,
     KEYS,
     LEGACY_STATE_FILE,
+    Config,
     config_from_text,
+    keys_of,
     load_config,
     parse_value,
 )
@@ -84,11 +87,28 @@ def test_single_quotes_tabs_and_trailing_comments():
     assert config.domoticzpassword == 'p#ss"word'
 
 
+def _shipped_headings(text: str) -> dict[str, str]:
+    """Key -> the heading of the shipped file's section it is in (a heading is boxed by rules)."""
+    where: dict[str, str] = {}
+    heading, in_box = "", False
+    for line in text.splitlines():
+        if re.fullmatch(r"# -{20,}", line):
+            in_box = not in_box
+            if in_box:
+                heading = ""
+        elif in_box:
+            heading = heading or line.removeprefix("# ")  # its first line
+        elif match := re.match(r"#?([a-z_]+) = ", line):
+            where[match.group(1)] = heading
+    return where
+
+
 def test_shipped_file_parses_and_documents_every_key():
     text = SHIPPED.read_text()
     config = load_config(str(SHIPPED))
     assert config.state_file == DEFAULT_STATE_FILE
     assert config.domoticzserver == ""
+    headings = _shipped_headings(text)
     for key, spec in KEYS.items():
         # Every key appears (commented out is fine for keys without a default).
         assert re.search(rf"^#?{key} = ", text, re.MULTILINE), f"{key} missing from {SHIPPED}"
@@ -96,6 +116,66 @@ def test_shipped_file_parses_and_documents_every_key():
         if match and spec.default is not None:
             # The shipped value is the built-in default, so the comments stay true.
             assert parse_value(match.group(1)) == spec.default, key
+        # ... and it is in the section of the component it configures.
+        title = COMPONENTS[spec.component].title
+        assert headings[key].startswith(title), f"{key} is under {headings[key]!r}, not {title!r}"
+    assert set(headings) == set(KEYS)
+
+
+def test_every_key_belongs_to_exactly_one_component():
+    grouped = [key for name in COMPONENTS for key in keys_of(name)]
+    assert sorted(grouped) == sorted(KEYS)
+    assert len(grouped) == len(set(grouped))
+    assert keys_of(*COMPONENTS) == tuple(KEYS)  # declaration order, whatever order is asked
+    assert keys_of("mqtt") == tuple(key for key in KEYS if key.startswith("mqtt_"))
+    assert keys_of("http") == ("http_listen", "http_stale_after")
+    assert keys_of("derive") == ("state_file",)
+    assert "swap_tariffs" in keys_of("domoticz")
+    assert "update_interval" in keys_of("daemon")
+    with pytest.raises(KeyError, match="no such component: mqqt"):
+        keys_of("mqqt")
+
+
+def test_an_empty_file_gives_the_declared_defaults():
+    # The parser's defaults and the dataclass's are one declaration, so they cannot differ.
+    config = config_from_text("", "/etc/x")
+    assert config == Config(path="/etc/x")
+    for key, spec in KEYS.items():
+        assert getattr(config, key) == spec.default, key
+    assert config_from_text('protocol = "sml"\n').serial_format == "8N1"
+
+
+def test_loading_the_config_imports_no_simulator_and_no_sink():
+    # Start-up memory: the daemon reads its config before anything else; learning the keys
+    # must not load the sinks, paho, requests, pyserial or the simulator.
+    code = (
+        "import sys\n"
+        "from iskra_me162.config import KEYS, config_from_text\n"
+        "config_from_text('port = \"/dev/ttyUSB0\"\\nupdate_interval = 90\\n')\n"
+        "print(' '.join(sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    ours = ("simulator", "urlhandler", "sinks", "port")
+    heavy = (*(f"iskra_me162.{name}" for name in ours), "paho", "requests", "serial")
+    loaded = result.stdout.split()
+    assert "iskra_me162.config" in loaded
+    assert not [name for name in loaded if name.startswith(heavy)]
+
+
+def test_config_module_never_imports_the_simulator():
+    import ast
+
+    source = (REPO / "iskra_me162" / "config.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert not [name for name in imported if "simulator" in name or "urlhandler" in name]
 
 
 def _error(text: str) -> ConfigError:
@@ -122,7 +202,11 @@ def _error(text: str) -> ConfigError:
         ('\n\ndomoticzserver = "host:8080"\ndevice_index = 0\n', 4, "at least 1"),
         ('port = "unterminated\n', 1, "not a plain value"),
         ('port = "sim://me162?speedup=fast"\n', 1, "not a valid simulator URL"),
+        ('port = "SIM://nosuchmeter"\n', 1, "not a valid simulator URL"),
         ('port = "http://head.local/"\n', 1, "scheme 'http' is not supported"),
+        ('port = "socket://head.local"\n', 1, "needs a host and a TCP port: socket://host:port"),
+        ('port = "rfc2217://:2217"\n', 1, "needs a host and a TCP port"),
+        ('port = "rfc2217://head:99999"\n', 1, "port is not a valid rfc2217:// URL: Port out"),
         ("just some words\n", 1, "expected 'key = value'"),
         ('domoticzserver = "h:1"\ndevice_index = 3\ndomoticzpassword = "x"\n', 3, "username"),
     ],
