@@ -18,8 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iskra-me162",
         description=(
-            "Read an electricity meter through an optical IR head (IEC 62056-21 mode C) "
-            "and feed Domoticz. Runs in the foreground unless --daemon is given."
+            "Read an electricity meter through an optical IR head (IEC 62056-21 mode C meters "
+            "and SML push meters) and feed Domoticz, an HTTP endpoint (Home Assistant RESTful "
+            "sensor) and MQTT with Home Assistant discovery. Runs in the foreground unless "
+            "--daemon is given."
         ),
     )
     parser.add_argument(

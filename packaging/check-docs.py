@@ -3,9 +3,10 @@
 
 The man pages are hand-written roff; this script makes sure they cannot drift from the code:
 
-* iskra-me162(5) documents every key of ``iskra_me162.config.KEYS`` and no other, and the line
-  after each key's name states exactly its type, default and limits (the script prints the line
-  it expects, so fixing the page is a copy and paste);
+* iskra-me162(5) documents every key of ``iskra_me162.config.KEYS`` and no other, each under the
+  ``.SS`` heading of the component it configures (``config.COMPONENTS``), and the line after each
+  key's name states exactly its type, default and limits (the script prints the line it expects,
+  so fixing the page is a copy and paste);
 * iskra-me162(8) documents every command-line option of ``iskra_me162.cli.build_parser()`` and no
   other, and exactly the exit statuses ``iskra_me162/cli.py`` can return (plus argparse's 2);
 * the default paths named in the code appear in the pages;
@@ -66,14 +67,14 @@ def key_summary(spec: object) -> str:
     return ", ".join(parts) + "."
 
 
-def sections(text: str) -> dict[str, list[str]]:
-    """Lines of a roff page by ``.SH`` section name."""
+def sections(lines: str | list[str], macro: str = ".SH") -> dict[str, list[str]]:
+    """Lines of a roff page by ``.SH`` section name; ``macro=".SS"``: of a section by subsection."""
     result: dict[str, list[str]] = {}
     current = ""
-    for line in text.splitlines():
-        if line.startswith(".SH "):
-            current = plain(line[4:].strip('"'))
-            result[current] = []
+    for line in lines.splitlines() if isinstance(lines, str) else lines:
+        if line.startswith(macro + " "):
+            current = plain(line[len(macro) + 1 :].strip('"'))
+            result.setdefault(current, [])  # a heading used twice: one section
         else:
             result.setdefault(current, []).append(line)
     return result
@@ -89,17 +90,23 @@ def tagged_items(lines: list[str]) -> Iterator[tuple[str, str]]:
 
 
 def check_keys(page: str, problems: list[str]) -> None:
-    from iskra_me162.config import KEYS
+    from iskra_me162.config import COMPONENTS, KEYS
 
-    items = {}
-    for tag, after in tagged_items(sections(page).get("KEYS", [])):
-        items[tag.split()[0]] = after
+    items: dict[str, tuple[str, str]] = {}  # key -> (its subsection, the line after its name)
+    for heading, lines in sections(sections(page).get("KEYS", []), ".SS").items():
+        for tag, after in tagged_items(lines):
+            items[tag.split()[0]] = (heading, after)
     for key, spec in KEYS.items():
+        title = COMPONENTS[spec.component].title
         if key not in items:
-            problems.append(f"iskra-me162.5: key {key} is not documented (section KEYS)")
-        elif items[key] != key_summary(spec):
+            problems.append(f"iskra-me162.5: key {key} is not documented (section KEYS, {title})")
+            continue
+        heading, after = items[key]
+        if heading != title:
+            problems.append(f"iskra-me162.5: key {key} is under {heading!r}; its place: {title!r}")
+        if after != key_summary(spec):
             problems.append(
-                f"iskra-me162.5: key {key}: says {items[key]!r}, the code has {key_summary(spec)!r}"
+                f"iskra-me162.5: key {key}: says {after!r}, the code has {key_summary(spec)!r}"
             )
     for key in sorted(set(items) - set(KEYS)):
         problems.append(f"iskra-me162.5: documents key {key}, which the code does not have")
