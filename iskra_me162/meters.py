@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from iskra_me162.errors import MeterTimeout, ProtocolError
+from iskra_me162.errors import MeterTimeout, ProtocolError, WrongProtocol
 from iskra_me162.obis import Reading
 from iskra_me162.port import Port
 from iskra_me162.protocols import iec62056_21 as iec
@@ -26,6 +26,20 @@ INITIAL_BAUD = 300
 FIRST_BYTE_TIMEOUT = 2.0
 GAP_TIMEOUT = 1.7
 ACK_DEADLINE = 1.5  # the ACK must leave within this time after the identification
+# Every session ends, bytes arriving or not: a meter that keeps sending something that never
+# becomes a message (a push meter on a mode C setting sends a frame every second) must not hold
+# a session forever. Each message gets the time its largest plausible size takes on the wire
+# (10 bits a character) plus the first-byte timeout. The largest readout we know is 9.5 kB
+# (an MT174 with its load profile registers); 16 kB leaves room.
+LONGEST_IDENTIFICATION = iec.MAX_IDENT_LINE + 32  # bytes, with an echoed request before it
+LONGEST_READOUT = 16 * 1024
+# Every SML frame starts with this; a mode C meter never sends it (its 7-bit characters never
+# repeat ESC four times). On a pty or a head that passes bytes through it arrives as it is.
+SML_START = b"\x1b\x1b\x1b\x1b\x01\x01\x01\x01"
+PUSHES_SML = (
+    "the meter pushes SML frames (it sent the SML start sequence without being asked): "
+    'it is an SML meter, set protocol = "sml"'
+)
 # After a failed readout at the meter's high speed, this many good readouts at 300 baud pass
 # before the high speed is tried again: a head that cannot switch costs one failure per try.
 HIGHSPEED_RETRY_AFTER = 5
@@ -49,8 +63,15 @@ class IecMeter:
 
     pushes = False  # the daemon asks for each readout
 
-    def __init__(self, port: Port, use_highspeed: bool, baud_switch_delay: float) -> None:
+    def __init__(
+        self,
+        port: Port,
+        use_highspeed: bool,
+        baud_switch_delay: float,
+        longest_readout: int = LONGEST_READOUT,
+    ) -> None:
         self.port = port
+        self.longest_readout = longest_readout  # bytes; sets the data message's deadline
         self.use_highspeed = use_highspeed
         self.baud_switch_delay = baud_switch_delay
         self._low_speed_readouts_left = 0  # >0: high speed failed recently, stay at 300 baud
@@ -122,22 +143,59 @@ class IecMeter:
     def _receive_identification(self) -> tuple[iec.Identification, bytes]:
         """The identification, and any bytes that came after its line in the same read."""
         receiver = iec.IdentificationReceiver()
-        ident = self._receive(receiver)
+        ident = self._receive(receiver, "identification", INITIAL_BAUD, LONGEST_IDENTIFICATION)
         return ident, receiver.trailing_data
 
     def _receive_data(self, ack: bytes, leftover: bytes) -> iec.DataBlock:
-        return self._receive(iec.DataReceiver(ack=ack), leftover)
+        baud = self.port.baudrate
+        return self._receive(
+            iec.DataReceiver(ack=ack), "data readout", baud, self.longest_readout, leftover
+        )
 
-    def _receive(self, receiver: _Receiver[T], leftover: bytes = b"") -> T:
+    def _receive(
+        self,
+        receiver: _Receiver[T],
+        what: str,
+        baud: int,
+        longest: int,
+        leftover: bytes = b"",
+    ) -> T:
         """Feed ``receiver`` until it has its message: the first byte may take the meter's
-        reaction time, later ones at most the inter-character gap."""
+        reaction time, later ones at most the inter-character gap, the whole message at most
+        the time ``longest`` bytes take at ``baud``. Bytes of an SML frame end it at once."""
+        limit = FIRST_BYTE_TIMEOUT + longest * 10 / baud
+        deadline = time.monotonic() + limit
+        received = bytearray()  # for the SML check: its start sequence may span two reads
         if leftover:
             receiver.feed(leftover)
         timeout = FIRST_BYTE_TIMEOUT
         while (message := receiver.result()) is None:
-            receiver.feed(self.port.read_some(timeout))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MeterTimeout(_unfinished(what, limit, received))
+            try:
+                chunk = self.port.read_some(min(timeout, remaining))
+            except MeterTimeout:
+                if received or leftover:  # it began and then stopped, or ran out of time
+                    raise MeterTimeout(_unfinished(what, limit, received)) from None
+                raise
+            received += chunk
+            if SML_START in received:
+                raise WrongProtocol(PUSHES_SML)
+            del received[: -len(SML_START) - 64]  # keep the tail, for the check and the message
+            receiver.feed(chunk)
             timeout = GAP_TIMEOUT
         return message
+
+
+def _unfinished(what: str, limit: float, tail: bytes) -> str:
+    if not tail:
+        return f"the {what} did not finish (at most {limit:.0f} s)"
+    return (
+        f"the {what} did not finish (at most {limit:.0f} s) although bytes arrived (last: "
+        f"{tail[-16:].hex(' ')}): if the meter sends by itself without being asked, it is "
+        'an SML push meter (set protocol = "sml"); otherwise check the head and its alignment'
+    )
 
 
 def _identity(ident: iec.Identification, readings: tuple[Reading, ...]) -> MeterIdentity:
