@@ -3,6 +3,7 @@ and a push meter on a mode C setting, over real pseudo-terminals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -39,10 +40,8 @@ class _Sender:
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
-            try:
+            with contextlib.suppress(OSError):  # nobody has the other side open: lost
                 os.write(self.main, self._chunk)
-            except OSError:  # nobody has the other side open: the bytes are lost
-                pass
 
     def close(self) -> None:
         self._stop.set()
@@ -73,7 +72,7 @@ def test_a_byte_every_half_second_cannot_hold_the_identification(sender):
     meter = iec_meter(noise.path)
     started = time.monotonic()
     try:
-        with pytest.raises(MeterTimeout, match="identification did not finish.*SML push meter"):
+        with pytest.raises(MeterTimeout, match=r"identification did not finish.*SML push meter"):
             meter.read()
     finally:
         meter.close()
@@ -100,7 +99,7 @@ def test_sml_frames_passed_through_unchanged_name_sml_at_once(sender):
     meter = iec_meter(pushing.path)
     started = time.monotonic()
     try:
-        with pytest.raises(WrongProtocol, match='pushes SML.*protocol = "sml"'):
+        with pytest.raises(WrongProtocol, match=r'pushes SML.*protocol = "sml"'):
             meter.read()
     finally:
         meter.close()
