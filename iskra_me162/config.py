@@ -213,10 +213,19 @@ class Config:
         maximum=100000,
     )
     print_debug: int = DAEMON.key(0, "0 = warnings, 1 = info, 2 = debug", minimum=0, maximum=2)
+    stale_after: float = DAEMON.key(
+        0.0,
+        "seconds after which a reading is too old for every sink (the HTTP endpoint answers "
+        "503, Home Assistant shows the MQTT sensors as unavailable); 0 = twice update_interval",
+        minimum=0.0,
+        maximum=86400 * 7,
+    )
 
     # --- the derive stage: its state file ------------------------------------------------------
     state_file: str = DERIVE.key(
-        DEFAULT_STATE_FILE, "last-sent counters (put it on tmpfs); empty = keep in memory"
+        DEFAULT_STATE_FILE,
+        "recent counter readings, so that power continues after a restart (put it on tmpfs); "
+        "empty = keep them in memory",
     )
 
     # --- Domoticz ------------------------------------------------------------------------------
@@ -268,7 +277,7 @@ class Config:
     )
     http_stale_after: float = HTTP.key(
         0.0,
-        "seconds after which a reading is too old to serve (503); 0 = three times the interval",
+        "the old name of stale_after, still read (stale_after wins when both are set)",
         minimum=0.0,
         maximum=86400 * 7,
     )
@@ -276,9 +285,11 @@ class Config:
     warnings: tuple[str, ...] = ()
 
     @property
-    def stale_after(self) -> float:
-        """Age in seconds at which the HTTP endpoint stops serving a reading."""
-        return self.http_stale_after or 3.0 * self.update_interval
+    def reading_max_age(self) -> float:
+        """The one freshness rule: the age in seconds at which a reading is too old for every
+        sink (HTTP 503, MQTT expire_after). Twice the interval by default: one missed readout
+        is no outage, two are."""
+        return self.stale_after or self.http_stale_after or 2.0 * self.update_interval
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -479,6 +490,11 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
     settings: dict[str, Any] = {key: spec.default for key, spec in KEYS.items()}
     settings.update(values)
 
+    if "http_stale_after" in values:
+        warnings.append(
+            f"{path}:{lines['http_stale_after']}: http_stale_after is now called stale_after "
+            "and applies to every sink; please rename it"
+        )
     if settings["state_file"] == LEGACY_STATE_FILE:
         warnings.append(
             f"{path}:{lines['state_file']}: state_file {LEGACY_STATE_FILE} is the old default, "

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from iskra_me162.config import Config, load_config
+from iskra_me162.config import Config, keys_of, load_config
 from iskra_me162.derive import Deriver, Values, spans_for
 from iskra_me162.errors import (
     ConfigError,
@@ -121,38 +121,19 @@ def build_meter(config: Config, tick: Callable[[], None]) -> Meter:
 
 
 # Per sink: the config keys it is built from. On SIGHUP a sink whose keys did not change is
-# kept as it is (the HTTP endpoint keeps its socket and latest reading, Domoticz its power
-# baseline); any other is closed and built anew.
+# kept as it is (the HTTP endpoint keeps its socket and latest reading, MQTT its connection);
+# any other is closed and built anew. The freshness rule (Config.reading_max_age) is read by
+# both the HTTP endpoint and MQTT.
+_FRESHNESS_KEYS = ("stale_after", "http_stale_after", "update_interval")
 SINK_KEYS: dict[str, tuple[str, ...]] = {
-    "domoticz": (
-        "domoticzserver",
-        "device_index",
-        "domoticzusername",
-        "domoticzpassword",
-        "domoticz_ca_file",
-        "domoticz_verify_tls",
-        "domoticz_timeout",
-        "swap_tariffs",
-    ),
+    "domoticz": keys_of("domoticz"),
     "log": ("domoticzserver", "swap_tariffs"),
-    "http": ("http_listen", "http_stale_after", "update_interval"),
-    "mqtt": (
-        "mqtt_host",
-        "mqtt_port",
-        "mqtt_username",
-        "mqtt_password",
-        "mqtt_tls",
-        "mqtt_ca_file",
-        "mqtt_topic_prefix",
-        "mqtt_discovery_prefix",
-        "mqtt_retain",
-        "http_stale_after",
-        "update_interval",
-    ),
+    "http": (*keys_of("http"), *_FRESHNESS_KEYS),
+    "mqtt": (*keys_of("mqtt"), *_FRESHNESS_KEYS),
 }
 # The keys the derive stage is built from; on SIGHUP it is kept (with its counter window) when
 # none of them changed.
-DERIVE_KEYS = ("state_file", "update_interval")
+DERIVE_KEYS = (*keys_of("derive"), "update_interval")
 
 
 def build_deriver(config: Config, save_state: bool = True) -> Deriver:
@@ -188,7 +169,7 @@ def build_sink(name: str, config: Config) -> Sink | None:
     if name == "http" and config.http_listen:
         from iskra_me162.sinks.http import HttpEndpoint
 
-        endpoint = HttpEndpoint(config.http_listen, config.stale_after)
+        endpoint = HttpEndpoint(config.http_listen, config.reading_max_age)
         endpoint.start()  # SinkError when the address cannot be bound
         return endpoint
     if name == "mqtt" and config.mqtt_host:
@@ -204,7 +185,7 @@ def build_sink(name: str, config: Config) -> Sink | None:
             config.mqtt_topic_prefix,
             config.mqtt_discovery_prefix,
             config.mqtt_retain,
-            config.stale_after,
+            config.reading_max_age,
         )
     return None
 

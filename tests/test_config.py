@@ -339,3 +339,26 @@ def test_version_and_usage_errors():
     assert version.stdout.strip() == f"iskra-me162 {setup_version.group(1)}"
     assert _cli("--dry-run").returncode == 2
     assert _cli("--once", "--check-config").returncode == 2
+
+
+# --- the one freshness rule ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "max_age"),
+    [
+        ("", 120.0),
+        ("update_interval = 300\n", 600.0),
+        ("stale_after = 45\n", 45.0),
+        ("http_stale_after = 50\n", 50.0),
+        ("stale_after = 45\nhttp_stale_after = 50\n", 45.0),
+    ],
+)
+def test_reading_max_age_is_one_rule_for_every_sink(text, max_age):
+    assert config_from_text(text, "f").reading_max_age == max_age
+
+
+def test_the_old_name_http_stale_after_is_read_with_a_warning():
+    config = config_from_text("http_stale_after = 50\n", "f")
+    assert any("now called stale_after" in warning for warning in config.warnings)
+    assert not config_from_text("stale_after = 50\n", "f").warnings
