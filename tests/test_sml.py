@@ -269,27 +269,18 @@ def test_frame_without_get_list_has_no_readings():
     assert readout.identity.manufacturer == "EMH"
 
 
-def test_obis_code_cache_stays_bounded_and_right():
-    # frame_to_readout remembers the ObisCode of each 6-byte objName (a meter repeats the same
-    # few every second); a stream of ever new codes must not grow that memory without limit.
-    from iskra_me162.protocols import sml as sml_module
-
-    bound = sml_module._OBIS_CACHE_SIZE
-    seen = 0
-    for batch in range(5):
-        entries = [
-            Entry(bytes((1, batch, index // 256, index % 256, 0, 255)), index, unit=UNIT_WH)
-            for index in range(bound // 3)
-        ]
-        readout = frame_to_readout(decode_bare_messages(sml_frames.messages(entries)), WALL, 0.0)
-        for entry, reading in zip(entries, readout.readings, strict=True):
-            a, b, c, d, e, f = entry.obis  # type: ignore[misc]
-            assert (reading.code.a, reading.code.b, reading.code.c) == (a, b, c)
-            assert (reading.code.d, reading.code.e, reading.code.f) == (d, e, f)
-            assert str(reading.code) == f"{a}-{b}:{c}.{d}.{e}*{f}"
-        seen += len(entries)
-        assert len(sml_module._OBIS_CACHE) <= bound
-    assert seen > bound
+def test_every_objname_becomes_its_own_obis_code():
+    # Hundreds of different codes in one frame: each reading carries the groups of its entry.
+    entries = [
+        Entry(bytes((1, index % 7, index // 256, index % 256, 0, 255)), index, unit=UNIT_WH)
+        for index in range(600)
+    ]
+    readout = frame_to_readout(decode_bare_messages(sml_frames.messages(entries)), WALL, 0.0)
+    for entry, reading in zip(entries, readout.readings, strict=True):
+        a, b, c, d, e, f = entry.obis  # type: ignore[misc]
+        assert (reading.code.a, reading.code.b, reading.code.c) == (a, b, c)
+        assert (reading.code.d, reading.code.e, reading.code.f) == (d, e, f)
+        assert str(reading.code) == f"{a}-{b}:{c}.{d}.{e}*{f}"
 
 
 def test_entries_of_several_get_list_responses_in_order():
@@ -311,3 +302,4 @@ def test_entries_of_several_get_list_responses_in_order():
         "1-0:2.8.0*255",
         "1-0:16.7.0*255",
     ]
+

@@ -30,9 +30,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
-from iskra_me162.dataclass_init import check_init_matches_fields
 from iskra_me162.errors import ProtocolError
 from iskra_me162.obis import ObisCode, Reading
 from iskra_me162.protocols.sml_crc import CRC_VARIANTS
@@ -45,8 +43,6 @@ from iskra_me162.protocols.sml_messages import (
     SmlPublicOpenRes,
     SmlTime,
     decode_messages,
-    octets_text,
-    scaled_decimal,
     unit_name,
 )
 from iskra_me162.protocols.sml_transport import DEFAULT_MAX_BUFFER, SmlTransportReader
@@ -71,10 +67,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UNIT_NAMES: dict[int | None, str | None] = {code: unit_name(code) for code in (None, *range(256))}
-_OBIS_CACHE: dict[bytes, ObisCode] = {}
-_OBIS_CACHE_SIZE = 1024
-
 # Entries that carry the three-letter manufacturer flag ("EMH", "ISK"); the first in the frame
 # wins, and only when neither is there does the server id tell.
 _MANUFACTURER_OBIS = (
@@ -83,48 +75,37 @@ _MANUFACTURER_OBIS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SmlFrame:
     """The decoded messages of one frame.
 
     ``crc_variant`` names the frame CRC that matched (see :data:`CRC_VARIANTS`), ``""`` for
     bare messages that had no frame. ``raw`` is the frame as received (``b""`` for bare
-    messages). ``entries`` are the list entries of all GetList.Res messages in order;
-    ``server_id`` is the first GetList.Res server id, else the PublicOpen.Res one.
+    messages).
     """
 
     messages: tuple[SmlMessage, ...]
     crc_variant: str = ""
     raw: bytes = field(default=b"", repr=False)
-    entries: tuple[SmlListEntry, ...] = field(init=False)
-    server_id: bytes | None = field(init=False)
 
-    def __init__(
-        self, messages: tuple[SmlMessage, ...], crc_variant: str = "", raw: bytes = b""
-    ) -> None:
-        # One per frame: filling __dict__ directly costs half of the generated frozen
-        # __init__ and __post_init__ (object.__setattr__ per field). The check after the class
-        # keeps the parameters in step with the fields.
-        entries: tuple[SmlListEntry, ...] = ()
-        list_server_id = open_server_id = None
-        for message in messages:
-            body = message.body
-            if type(body) is SmlGetListRes:
-                # Nearly always one GetList.Res: its tuple is taken as it is.
-                entries = entries + body.entries if entries else body.entries
-                if list_server_id is None:
-                    list_server_id = body.server_id
-            elif type(body) is SmlPublicOpenRes and open_server_id is None:
-                open_server_id = body.server_id
-        fields = self.__dict__
-        fields["messages"] = messages
-        fields["crc_variant"] = crc_variant
-        fields["raw"] = raw
-        fields["entries"] = entries
-        fields["server_id"] = list_server_id if list_server_id is not None else open_server_id
+    @property
+    def entries(self) -> tuple[SmlListEntry, ...]:
+        """The list entries of all GetList.Res messages, in order."""
+        return tuple(
+            entry
+            for message in self.messages
+            if isinstance(message.body, SmlGetListRes)
+            for entry in message.body.entries
+        )
 
-
-check_init_matches_fields(SmlFrame)
+    @property
+    def server_id(self) -> bytes | None:
+        """The first GetList.Res server id, else the first PublicOpen.Res one."""
+        for kind in (SmlGetListRes, SmlPublicOpenRes):
+            for message in self.messages:
+                if isinstance(message.body, kind) and message.body.server_id is not None:
+                    return message.body.server_id
+        return None
 
 
 def decode_bare_messages(
@@ -232,37 +213,15 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
     in hex.
     """
     readings: list[Reading] = []
-    append = readings.append
     manufacturer = ""
-    # Runs once per register of every frame: the entry's properties (scaled_value, text,
-    # unit_name) are done inline here, which saves a call each.
     for entry in frame.entries:
-        obj_name = entry.obj_name
-        code = _OBIS_CACHE.get(obj_name)
-        if code is None:
-            if len(obj_name) != 6:
-                logger.debug("SML entry with a %d-byte objName skipped", len(obj_name))
-                continue
-            code = _cached_obis(obj_name)
-        value = entry.value
-        if type(value) is int:
-            scaler = entry.scaler
-            number = scaled_decimal(value, scaler) if scaler else Decimal(value)
-            raw = str(number)
-        elif type(value) is bytes:
-            number = None
-            raw = octets_text(value)
-        else:
-            number = None
-            raw = entry.text
-        unit = entry.unit
-        try:
-            name = _UNIT_NAMES[unit]  # every one-byte unit code
-        except KeyError:
-            name = unit_name(unit)
-        append(Reading(code, number, name, raw))
-        if not manufacturer and obj_name in _MANUFACTURER_OBIS:
-            manufacturer = _manufacturer_flag(value)
+        if len(entry.obj_name) != 6:
+            logger.debug("SML entry with a %d-byte objName skipped", len(entry.obj_name))
+            continue
+        code = ObisCode.from_bytes(entry.obj_name)
+        readings.append(Reading(code, entry.scaled_value, entry.unit_name, entry.text))
+        if not manufacturer and entry.obj_name in _MANUFACTURER_OBIS:
+            manufacturer = _manufacturer_flag(entry.value)
     server_id = frame.server_id or b""
     if not manufacturer:
         manufacturer = _manufacturer_from_server_id(server_id)
@@ -270,16 +229,6 @@ def frame_to_readout(frame: SmlFrame, wall_time: datetime, monotonic: float) -> 
     return Readout(
         identity=identity, readings=tuple(readings), wall_time=wall_time, monotonic=monotonic
     )
-
-
-def _cached_obis(raw: bytes) -> ObisCode:
-    """ObisCode for 6 SML bytes, remembered: a meter sends the same few codes every second,
-    and building the code is a third of the conversion time. ObisCode is immutable, so
-    sharing is safe; the cache is emptied when a stream of odd codes would grow it."""
-    if len(_OBIS_CACHE) >= _OBIS_CACHE_SIZE:
-        _OBIS_CACHE.clear()
-    code = _OBIS_CACHE[raw] = ObisCode.from_bytes(raw)
-    return code
 
 
 def _manufacturer_flag(value: object) -> str:

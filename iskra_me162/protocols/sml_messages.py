@@ -16,8 +16,9 @@ get them wrong while the frame CRC is right (eBZ DD3, EMH with masked ids), so i
 the transport CRC is the authoritative check. Bare messages carry no frame CRC; whoever takes
 them from an untrusted channel decides with ``strict=True`` or by reading ``crc_ok``.
 
-Speed: the decoder walks one ``bytes`` object with integer indexes, builds only the values the
-caller gets, and never makes a Python object per input byte.
+One reader, :func:`_read`, turns a TL field into a Python value (lists into Python lists); the
+message structures are read field by field with it and then checked, so every malformed input
+gets one :class:`ProtocolError` naming the first thing wrong with it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import decimal
 from dataclasses import dataclass
 from decimal import Decimal
 
-from iskra_me162.dataclass_init import check_init_matches_fields
 from iskra_me162.errors import ChecksumError, ProtocolError
-from iskra_me162.protocols.sml_crc import bit_reversed, crc_matches_any_reversed
+from iskra_me162.protocols.sml_crc import crc_matches_any
 
 MSG_PUBLIC_OPEN_RES = 0x0101
 MSG_PUBLIC_CLOSE_RES = 0x0201
@@ -43,9 +43,6 @@ TIME_BARE = 0  # not the choice list of the standard but a bare integer (seen on
 _MAX_DEPTH = 16  # SML nests 6 deep; deeper is garbage, and recursion must stay bounded
 _MAX_TL_BYTES = 8
 _END = object()  # marker returned for the end-of-message byte 0x00
-_SIGNED_BYTE = (*range(128), *range(-128, 0))  # a byte read as a two's-complement Integer8
-# Bound once: looking up int.from_bytes builds a new bound method every time (~50 ns).
-_from_bytes = int.from_bytes
 
 # Exact arithmetic for value * 10**scaler whatever the width of the integer.
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
@@ -114,7 +111,7 @@ def unit_name(code: int | None) -> str | None:
     return DLMS_UNITS.get(code) or f"dlms-unit-{code}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SmlTime:
     """An ``SML_Time``: ``kind`` is TIME_SEC_INDEX (seconds since some meter-internal start),
     TIME_TIMESTAMP (Unix time, UTC), TIME_LOCAL_TIMESTAMP (Unix time plus offsets in minutes)
@@ -125,16 +122,6 @@ class SmlTime:
     local_offset: int = 0
     season_offset: int = 0
 
-    def __init__(
-        self, kind: int, seconds: int, local_offset: int = 0, season_offset: int = 0
-    ) -> None:
-        # Up to one per register; see SmlListEntry.__init__.
-        fields = self.__dict__
-        fields["kind"] = kind
-        fields["seconds"] = seconds
-        fields["local_offset"] = local_offset
-        fields["season_offset"] = season_offset
-
 
 # A list value (SML_ListType, e.g. a time stamp as value) is kept with its element types:
 # a tuple of (kind, value) with kind "uint", "int", "bool", "octets" (value as hex), "absent"
@@ -143,7 +130,7 @@ TypedValue = tuple[tuple[str, object], ...]
 EntryValue = int | bool | bytes | TypedValue | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SmlListEntry:
     """One ``SML_ListEntry`` as sent. ``obj_name`` is the OBIS code (normally 6 bytes)."""
 
@@ -154,30 +141,6 @@ class SmlListEntry:
     scaler: int | None
     value: EntryValue
     value_signature: bytes | None = None
-
-    def __init__(
-        self,
-        obj_name: bytes,
-        status: int | None,
-        val_time: SmlTime | None,
-        unit: int | None,
-        scaler: int | None,
-        value: EntryValue,
-        value_signature: bytes | None = None,
-    ) -> None:
-        # One per register of every frame: filling __dict__ costs half of what the generated
-        # frozen __init__ (object.__setattr__ per field) does, 0.37 instead of 0.78 us. (So no
-        # slots here.) check_init_matches_fields() keeps it in step with the fields. SmlTime and
-        # SmlMessage (up to one per register, three per frame) do the same; the message bodies,
-        # one per frame, keep the generated one.
-        fields = self.__dict__
-        fields["obj_name"] = obj_name
-        fields["status"] = status
-        fields["val_time"] = val_time
-        fields["unit"] = unit
-        fields["scaler"] = scaler
-        fields["value"] = value
-        fields["value_signature"] = value_signature
 
     @property
     def scaled_value(self) -> Decimal | None:
@@ -206,10 +169,6 @@ class SmlListEntry:
         if type(value) is tuple:
             return _typed_text(value)
         return ""
-
-
-check_init_matches_fields(SmlTime)
-check_init_matches_fields(SmlListEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +200,7 @@ class SmlGetListRes:
 SmlBody = SmlPublicOpenRes | SmlPublicCloseRes | SmlGetListRes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SmlMessage:
     """One ``SML_Message``. ``body`` is None for message types this decoder skips (``tag``
     says which it was). ``crc`` is the stored message CRC, ``crc_ok`` whether it matches the
@@ -254,29 +213,6 @@ class SmlMessage:
     body: SmlBody | None
     crc: int
     crc_ok: bool
-
-    def __init__(
-        self,
-        transaction_id: bytes,
-        group_no: int,
-        abort_on_error: int,
-        tag: int,
-        body: SmlBody | None,
-        crc: int,
-        crc_ok: bool,
-    ) -> None:
-        # Three per frame; see SmlListEntry.__init__.
-        fields = self.__dict__
-        fields["transaction_id"] = transaction_id
-        fields["group_no"] = group_no
-        fields["abort_on_error"] = abort_on_error
-        fields["tag"] = tag
-        fields["body"] = body
-        fields["crc"] = crc
-        fields["crc_ok"] = crc_ok
-
-
-check_init_matches_fields(SmlMessage)
 
 
 def octets_text(value: bytes) -> str:
@@ -298,10 +234,11 @@ def _typed_text(items: TypedValue) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Type-length decoding. Every reader takes (buf, pos) and returns (value, next position); buf is
-# the whole payload, so no slicing happens until a value is built.
+# the whole payload, so no slicing happens until a value is built. ``depth`` is how many lists
+# enclose the element, so that recursion stays bounded on hostile input.
 
 
-def _read(buf: bytes, pos: int, depth: int = 0) -> tuple[object, int]:
+def _read(buf: bytes, pos: int, depth: int) -> tuple[object, int]:
     """Decode any element: int, bool, bytes, None (absent), _END, or a list of elements."""
     try:
         tl = buf[pos]
@@ -339,42 +276,11 @@ def _read(buf: bytes, pos: int, depth: int = 0) -> tuple[object, int]:
 
 
 def _read_list(buf: bytes, pos: int, count: int, depth: int) -> tuple[list[object], int]:
-    """The ``count`` elements of a list starting at ``pos``.
-
-    The common one-byte-TL cases (absent field, short octet string, integer) are decoded
-    here without a call per element: that is most of an SML frame, and calls are what
-    costs time in Python.
-    """
-    items: list[object] = []
-    append = items.append
-    from_bytes = _from_bytes
-    end = len(buf)
-    try:
-        for _ in range(count):
-            tl = buf[pos]
-            if tl == 0x01:
-                append(None)
-                pos += 1
-                continue
-            size = tl & 0x0F
-            if size > 1 and pos + size <= end:
-                kind = tl & 0xF0  # continuation bit included: multi-byte TLs go the slow path
-                if kind == 0x60:
-                    append(from_bytes(buf[pos + 1 : pos + size]))
-                    pos += size
-                    continue
-                if kind == 0x00:
-                    append(buf[pos + 1 : pos + size])
-                    pos += size
-                    continue
-                if kind == 0x50:
-                    append(from_bytes(buf[pos + 1 : pos + size], signed=True))
-                    pos += size
-                    continue
-            item, pos = _read(buf, pos, depth)
-            append(item)
-    except IndexError:
-        raise ProtocolError(f"SML data ends at byte {pos} inside a list") from None
+    """The ``count`` elements of a list whose first element is at ``pos``."""
+    items = []
+    for _ in range(count):
+        item, pos = _read(buf, pos, depth)
+        items.append(item)
     return items, pos
 
 
@@ -406,13 +312,13 @@ def _list_header(buf: bytes, pos: int, what: str) -> tuple[int, int]:
     return tl & 0x0F, pos + 1
 
 
-def _expect_fields(count: int, wanted: int, what: str, pos: int) -> None:
-    if count != wanted:
-        raise ProtocolError(f"{what} at byte {pos} has {count} fields, expected {wanted}")
-
-
-_OCTETS_OR_ABSENT = frozenset((bytes, type(None)))
-_INTEGER_OR_ABSENT = frozenset((int, type(None)))  # not bool: an int subclass, not a number
+def _structure(buf: bytes, pos: int, fields: int, what: str) -> int:
+    """Check that a list of ``fields`` elements (an SML structure) starts at ``pos``; returns
+    the position of its first element."""
+    count, start = _list_header(buf, pos, what)
+    if count != fields:
+        raise ProtocolError(f"{what} at byte {pos} has {count} fields, expected {fields}")
+    return start
 
 
 def _octets(value: object, what: str) -> bytes | None:
@@ -422,7 +328,7 @@ def _octets(value: object, what: str) -> bytes | None:
 
 
 def _integer(value: object, what: str) -> int | None:
-    if value is None or type(value) is int:
+    if value is None or type(value) is int:  # not bool: an int subclass, not a number
         return value  # type: ignore[return-value]
     raise ProtocolError(f"{what} must be an integer, got {_describe(value)}")
 
@@ -453,10 +359,9 @@ def _time(value: object, what: str) -> SmlTime | None:
     raise ProtocolError(f"{what} is not an SML_Time: {value!r}")
 
 
-def _typed(buf: bytes, pos: int, depth: int = 0) -> tuple[tuple[str, object], int]:
+def _typed(buf: bytes, pos: int, depth: int) -> tuple[tuple[str, object], int]:
     """Decode one element keeping its SML type: (kind, value), next position."""
-    tl = buf[pos]
-    if tl & 0x70 == 0x70:
+    if pos < len(buf) and buf[pos] & 0x70 == 0x70:
         count, start = _list_header(buf, pos, "a list")
         if depth >= _MAX_DEPTH:
             raise ProtocolError(f"SML lists nested deeper than {_MAX_DEPTH} at byte {pos}")
@@ -474,7 +379,7 @@ def _typed(buf: bytes, pos: int, depth: int = 0) -> tuple[tuple[str, object], in
         return ("octets", value.hex()), end
     if type(value) is bool:
         return ("bool", value), end
-    return ("int" if tl & 0x70 == 0x50 else "uint", value), end
+    return ("int" if buf[pos] & 0x70 == 0x50 else "uint", value), end
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,14 +396,12 @@ def decode_messages(
     when a message CRC does not match (use it for bare messages from an untrusted channel).
     """
     buf = bytes(payload)
-    reversed_buf = bit_reversed(buf)  # once for all message CRCs (see crc_matches_any_reversed)
     messages = []
     pos = 0
-    end = len(buf)
-    while pos < end:
+    while pos < len(buf):
         if buf[pos] == 0x00 and not any(buf[pos:]):
             break  # zero padding after the last message
-        message, pos = _message(buf, pos, reversed_buf)
+        message, pos = _message(buf, pos)
         if strict and not message.crc_ok:
             raise ChecksumError(
                 f"SML message {len(messages) + 1} (type 0x{message.tag:04x}): CRC "
@@ -510,19 +413,21 @@ def decode_messages(
     return tuple(messages)
 
 
-def _short_uint(buf: bytes, pos: int) -> tuple[int | None, int]:
-    """An unsigned integer of 1..14 bytes with a one-byte TL at ``pos`` (message tags, CRCs),
-    or (None, pos) for anything else, which the caller then reads the general way."""
-    tl = buf[pos] if pos < len(buf) else 0
-    size = tl & 0x0F
-    if tl & 0xF0 == 0x60 and size > 1 and pos + size <= len(buf):
-        return int.from_bytes(buf[pos + 1 : pos + size]), pos + size
-    return None, pos
-
-
-def _message(buf: bytes, pos: int, reversed_buf: bytes) -> tuple[SmlMessage, int]:
+def _message(buf: bytes, pos: int) -> tuple[SmlMessage, int]:
+    """``SML_Message``: transactionId, groupNo, abortOnError, messageBody (the type and the
+    body), crc16 over the message bytes before it, endOfSmlMsg (0x00)."""
     begin = pos
-    transaction_id, group_no, abort_on_error, tag, pos = _envelope(buf, pos)
+    pos = _structure(buf, pos, 6, "an SML message")
+    (transaction_id, group_no, abort_on_error), pos = _read_list(buf, pos, 3, 1)
+    transaction_id = _octets(transaction_id, "transactionId") or b""
+    group_no = _integer(group_no, "groupNo") or 0
+    abort_on_error = _integer(abort_on_error, "abortOnError") or 0
+    body_pos = pos
+    pos = _structure(buf, pos, 2, "an SML message body")
+    tag, pos = _read(buf, pos, 2)
+    if type(tag) is not int:
+        raise ProtocolError(f"message type at byte {body_pos} is not an integer")
+    body: SmlBody | None
     if tag == MSG_GET_LIST_RES:
         body, pos = _get_list_res(buf, pos)
     elif tag == MSG_PUBLIC_OPEN_RES:
@@ -530,431 +435,91 @@ def _message(buf: bytes, pos: int, reversed_buf: bytes) -> tuple[SmlMessage, int
     elif tag == MSG_PUBLIC_CLOSE_RES:
         body, pos = _public_close_res(buf, pos)
     else:
-        body_pos = pos
-        skipped, pos = _read(buf, pos)  # walk it so the next message is found
+        skipped, end = _read(buf, pos, 2)  # walk it so the next message is found
         if skipped is _END:
-            raise ProtocolError(f"end of message inside the body at byte {body_pos}")
-        body = None
+            raise ProtocolError(f"end of message inside the body at byte {pos}")
+        body, pos = None, end
     crc_pos = pos
-    # The CRC is an Unsigned16 (63 hh ll) followed by the end-of-message byte: taken directly,
-    # anything else the general way.
-    if pos + 3 < len(buf) and buf[pos] == 0x63 and buf[pos + 3] == 0x00:
-        crc = buf[pos + 1] << 8 | buf[pos + 2]
-        pos += 3
-    else:
-        crc, pos = _short_uint(buf, pos)
-        if crc is None:
-            (crc,), pos = _read_list(buf, pos, 1, 1)
-        if type(crc) is not int:
-            raise ProtocolError(f"message CRC at byte {crc_pos} is not an integer")
-        if pos >= len(buf) or buf[pos] != 0x00:
-            raise ProtocolError(f"end of SML message expected at byte {pos}")
-    crc_ok = crc_matches_any_reversed(reversed_buf, begin, crc_pos, crc)
+    crc, pos = _read(buf, pos, 1)
+    if type(crc) is not int:
+        raise ProtocolError(f"message CRC at byte {crc_pos} is not an integer")
+    if pos >= len(buf) or buf[pos] != 0x00:
+        raise ProtocolError(f"end of SML message expected at byte {pos}")
+    crc_ok = crc_matches_any(buf[begin:crc_pos], crc)
     return SmlMessage(transaction_id, group_no, abort_on_error, tag, body, crc, crc_ok), pos + 1
 
 
-def _envelope(buf: bytes, pos: int) -> tuple[bytes, int, int, int, int]:
-    """The fields of the message at ``pos`` before its body: (transactionId, groupNo,
-    abortOnError, message type, position of the body).
-
-    The envelope looks the same in every message: 76, the transactionId as a short octet
-    string, groupNo and abortOnError as 62 xx or absent, 72 and the type as a short unsigned.
-    That shape is read here directly (one call instead of six per message); anything else the
-    general way, which also reports what is wrong with it.
-    """
-    try:
-        tl = buf[pos + 1]
-        if buf[pos] == 0x76 and 0x02 <= tl <= 0x0F:
-            transaction_id = buf[pos + 2 : pos + 1 + tl]
-            p = pos + 1 + tl
-            tl = buf[p]
-            if tl == 0x62:
-                group_no = buf[p + 1]
-                p += 2
-            elif tl == 0x01:
-                group_no = 0
-                p += 1
-            else:
-                return _any_envelope(buf, pos)
-            tl = buf[p]
-            if tl == 0x62:
-                abort_on_error = buf[p + 1]
-                p += 2
-            elif tl == 0x01:
-                abort_on_error = 0
-                p += 1
-            else:
-                return _any_envelope(buf, pos)
-            tl = buf[p + 1]
-            if buf[p] == 0x72 and 0x62 <= tl <= 0x6F:
-                tag = _from_bytes(buf[p + 2 : p + 1 + tl - 0x60])
-                p += 1 + tl - 0x60
-                # Each slice ends where the next field begins: one check covers them all.
-                if p <= len(buf):
-                    return transaction_id, group_no, abort_on_error, tag, p
-    except IndexError:
-        pass  # cut off: the general path says where
-    return _any_envelope(buf, pos)
-
-
-def _any_envelope(buf: bytes, pos: int) -> tuple[bytes, int, int, int, int]:
-    """:func:`_envelope` for any encoding of its fields, or a ProtocolError."""
-    begin = pos
-    if pos < len(buf) and buf[pos] == 0x76:
-        pos += 1
-    else:
-        count, pos = _list_header(buf, pos, "an SML message")
-        _expect_fields(count, 6, "SML message", begin)
-    (transaction_id, group_no, abort_on_error), pos = _read_list(buf, pos, 3, 1)
-    body_pos = pos
-    if pos < len(buf) and buf[pos] == 0x72:
-        pos += 1
-    else:
-        count, pos = _list_header(buf, pos, "a message body")
-        _expect_fields(count, 2, "SML message body", body_pos)
-    tag, pos = _short_uint(buf, pos)
-    if tag is None:
-        (tag,), pos = _read_list(buf, pos, 1, 1)
-    if type(tag) is not int:
-        raise ProtocolError(f"message type at byte {body_pos} is not an integer")
-    return (
-        _octets(transaction_id, "transactionId") or b"",
-        _integer(group_no, "groupNo") or 0,
-        _integer(abort_on_error, "abortOnError") or 0,
-        tag,
-        pos,
-    )
-
-
 def _public_open_res(buf: bytes, pos: int) -> tuple[SmlPublicOpenRes, int]:
-    if pos < len(buf) and buf[pos] == 0x76:  # the usual one-byte list header, read directly
-        (codepage, client_id, req_file_id, server_id), end = _read_list(buf, pos + 1, 4, 1)
-        ref_time, end = _optional_time(buf, end, 1, "refTime")
-        if buf[end : end + 1] == b"\x62" and end + 2 <= len(buf):  # the usual 62 xx
-            version = buf[end + 1]
-            end += 2
-        else:
-            (version,), end = _read_list(buf, end, 1, 1)
-    else:
-        fields, end = _read(buf, pos)
-        if type(fields) is not list or len(fields) != 6:
-            raise ProtocolError(f"PublicOpen.Res at byte {pos} is not a list of 6")
-        codepage, client_id, req_file_id, server_id, ref_time, version = fields
-        ref_time = None if ref_time is None else _time(ref_time, "refTime")
-    if (  # one test for the whole message; the validators then say which field is wrong
-        type(codepage) not in _OCTETS_OR_ABSENT
-        or type(client_id) not in _OCTETS_OR_ABSENT
-        or type(req_file_id) not in _OCTETS_OR_ABSENT
-        or type(server_id) not in _OCTETS_OR_ABSENT
-        or type(version) not in _INTEGER_OR_ABSENT
-    ):
-        _octets(codepage, "codepage")
-        _octets(client_id, "clientId")
-        _octets(req_file_id, "reqFileId")
-        _octets(server_id, "serverId")
-        _integer(version, "smlVersion")
+    start = _structure(buf, pos, 6, "PublicOpen.Res")
+    fields, end = _read_list(buf, start, 6, 3)
+    codepage, client_id, req_file_id, server_id, ref_time, version = fields
     return SmlPublicOpenRes(
-        codepage,  # type: ignore[arg-type]
-        client_id,  # type: ignore[arg-type]
-        req_file_id,  # type: ignore[arg-type]
-        server_id,  # type: ignore[arg-type]
-        ref_time,  # type: ignore[arg-type]
-        version,  # type: ignore[arg-type]
+        _octets(codepage, "codepage"),
+        _octets(client_id, "clientId"),
+        _octets(req_file_id, "reqFileId"),
+        _octets(server_id, "serverId"),
+        _time(ref_time, "refTime"),
+        _integer(version, "smlVersion"),
     ), end
 
 
 def _public_close_res(buf: bytes, pos: int) -> tuple[SmlPublicCloseRes, int]:
-    if buf[pos : pos + 2] == b"\x71\x01":  # the usual: a list of one absent signature
-        return SmlPublicCloseRes(None), pos + 2
-    if pos < len(buf) and buf[pos] == 0x71:  # the usual one-byte list header, read directly
-        fields, end = _read_list(buf, pos + 1, 1, 1)
-    else:
-        fields, end = _read(buf, pos)
-        if type(fields) is not list or len(fields) != 1:
-            raise ProtocolError(f"PublicClose.Res at byte {pos} is not a list of 1")
-    return SmlPublicCloseRes(_octets(fields[0], "globalSignature")), end
+    start = _structure(buf, pos, 1, "PublicClose.Res")
+    (signature,), end = _read_list(buf, start, 1, 3)
+    return SmlPublicCloseRes(_octets(signature, "globalSignature")), end
 
 
 def _get_list_res(buf: bytes, pos: int) -> tuple[SmlGetListRes, int]:
-    begin = pos
-    if pos < len(buf) and buf[pos] == 0x77:  # the usual one-byte list header, read directly
-        pos += 1
-    else:
-        count, pos = _list_header(buf, pos, "GetList.Res")
-        _expect_fields(count, 7, "GetList.Res", begin)
-    # Depth 0 as for separate _read() calls; one call for the three fields is cheaper.
-    (client_id, server_id, list_name), pos = _read_list(buf, pos, 3, 0)
-    sensor_time, pos = _optional_time(buf, pos, 0, "actSensorTime")
-    if pos < len(buf) and 0x70 <= buf[pos] <= 0x7F:  # up to 15 entries: a one-byte header
-        count = buf[pos] & 0x0F
-        pos += 1
-    else:
-        count, pos = _list_header(buf, pos, "valList")
-    entries, pos = _list_entries(buf, pos, count)
-    if buf[pos : pos + 2] == b"\x01\x01":  # the usual: neither listSignature nor gateway time
-        signature = gateway_time = None
-        pos += 2
-    else:
-        (signature, gateway_time), pos = _read_list(buf, pos, 2, 0)
-    if (  # one test for the whole message; the validators then say which field is wrong
-        type(client_id) not in _OCTETS_OR_ABSENT
-        or type(server_id) not in _OCTETS_OR_ABSENT
-        or type(list_name) not in _OCTETS_OR_ABSENT
-        or type(signature) not in _OCTETS_OR_ABSENT
-    ):
-        _octets(client_id, "clientId")
-        _octets(server_id, "serverId")
-        _octets(list_name, "listName")
-        _octets(signature, "listSignature")
+    pos = _structure(buf, pos, 7, "GetList.Res")
+    (client_id, server_id, list_name, sensor_time), pos = _read_list(buf, pos, 4, 3)
+    server_id = _octets(server_id, "serverId")
+    count, pos = _list_header(buf, pos, "valList")
+    entries = []
+    for _ in range(count):
+        entry, pos = _list_entry(buf, pos)
+        entries.append(entry)
+    (signature, gateway_time), pos = _read_list(buf, pos, 2, 3)
     return SmlGetListRes(
-        client_id,  # type: ignore[arg-type]
-        server_id,  # type: ignore[arg-type]
-        list_name,  # type: ignore[arg-type]
-        sensor_time,
+        _octets(client_id, "clientId"),
+        server_id,
+        _octets(list_name, "listName"),
+        _time(sensor_time, "actSensorTime"),
         tuple(entries),
-        signature,  # type: ignore[arg-type]
-        None if gateway_time is None else _time(gateway_time, "actGatewayTime"),
+        _octets(signature, "listSignature"),
+        _time(gateway_time, "actGatewayTime"),
     ), pos
 
 
-class _Unusual(Exception):
-    """An encoding the fast path of :func:`_list_entries` does not read: the general path."""
+def _list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
+    """``SML_ListEntry``: objName, status, valTime, unit, scaler, value, valueSignature.
 
-
-_UNUSUAL = _Unusual()  # raised as is: nothing to say, the general path says what is wrong
-
-
-def _list_entries(buf: bytes, pos: int, count: int) -> tuple[list[SmlListEntry], int]:
-    """The ``count`` ``SML_ListEntry`` at ``pos`` and the position after the last.
-
-    Speed: this loop runs once per register of every frame and was the largest cost of
-    decoding (2.1 us per entry through the general element reader, 1.0 us here). Nearly every
-    entry on the wire has the same shape: a short octet string as objName, the other fields
-    absent or a number with a one-byte TL, valTime one of the usual SML_Time encodings, the
-    value maybe a long octet string (public keys) or a list. That shape is decoded here field
-    by field, unrolled and inside the loop, without a call per field or per entry, the most
-    frequent encoding tested first. Anything else (booleans, long TLs, a type where it does not
-    belong, data cut off) raises _Unusual or IndexError and that entry goes to
-    :func:`_any_list_entry`, which decodes every shape and says what is wrong; the fast path
-    never accepts what that one refuses, nor reads it differently (tests/test_sml_messages.py
-    compares the two).
+    A list as value (EMH sends a time there) is kept with its element types (:func:`_typed`).
     """
-    entries: list[SmlListEntry] = []
-    append = entries.append
-    from_bytes = _from_bytes
-    end = len(buf)
-    for _ in range(count):
-        try:
-            if buf[pos] != 0x77:  # a list of 7
-                raise _UNUSUAL
-            # objName: octet string, one-byte TL 0x02..0x0f (0x07 for the 6 bytes of OBIS).
-            tl = buf[pos + 1]
-            if not 0x02 <= tl <= 0x0F:
-                raise _UNUSUAL
-            obj_name = buf[pos + 2 : pos + 1 + tl]
-            p = pos + 1 + tl
-            # status: absent or unsigned (0x62..0x6f: 1..14 bytes); seldom signed.
-            tl = buf[p]
-            if tl == 0x01:
-                status = None
-                p += 1
-            elif 0x62 <= tl <= 0x6F:
-                status = from_bytes(buf[p + 1 : p + tl - 0x60])
-                p += tl - 0x60
-            elif 0x52 <= tl <= 0x5F:
-                status = from_bytes(buf[p + 1 : p + tl - 0x50], signed=True)
-                p += tl - 0x50
-            else:
-                raise _UNUSUAL
-            # valTime: mostly absent.
-            if buf[p] == 0x01:
-                val_time = None
-                p += 1
-            else:
-                timed = _usual_time(buf, p)
-                if timed is None:
-                    raise _UNUSUAL
-                val_time, p = timed
-            # unit: absent or unsigned (one byte as the standard says: 0x62 xx); seldom signed.
-            tl = buf[p]
-            if tl == 0x62:
-                unit = buf[p + 1]
-                p += 2
-            elif tl == 0x01:
-                unit = None
-                p += 1
-            elif 0x63 <= tl <= 0x6F:
-                unit = from_bytes(buf[p + 1 : p + tl - 0x60])
-                p += tl - 0x60
-            elif 0x52 <= tl <= 0x5F:
-                unit = from_bytes(buf[p + 1 : p + tl - 0x50], signed=True)
-                p += tl - 0x50
-            else:
-                raise _UNUSUAL
-            # scaler: absent or signed (one byte as the standard says: 0x52 xx); seldom
-            # unsigned.
-            tl = buf[p]
-            if tl == 0x52:
-                scaler = _SIGNED_BYTE[buf[p + 1]]
-                p += 2
-            elif tl == 0x01:
-                scaler = None
-                p += 1
-            elif 0x53 <= tl <= 0x5F:
-                scaler = from_bytes(buf[p + 1 : p + tl - 0x50], signed=True)
-                p += tl - 0x50
-            elif 0x62 <= tl <= 0x6F:
-                scaler = from_bytes(buf[p + 1 : p + tl - 0x60])
-                p += tl - 0x60
-            else:
-                raise _UNUSUAL
-            # value: absent, unsigned, signed, an octet string with a one- or two-byte TL,
-            # or a list.
-            tl = buf[p]
-            if tl == 0x01:
-                value: EntryValue = None
-                p += 1
-            elif 0x62 <= tl <= 0x6F:
-                value = from_bytes(buf[p + 1 : p + tl - 0x60])
-                p += tl - 0x60
-            elif 0x52 <= tl <= 0x5F:
-                value = from_bytes(buf[p + 1 : p + tl - 0x50], signed=True)
-                p += tl - 0x50
-            elif 0x02 <= tl <= 0x0F:
-                value = buf[p + 1 : p + tl]
-                p += tl
-            elif tl & 0xF0 == 0x80 and buf[p + 1] & 0xF0 == 0x00:
-                # Two TL bytes, both counted in the length: 0x83 0x02 is 0x32 = 48 + 2 bytes.
-                size = (tl & 0x0F) << 4 | buf[p + 1]
-                if size <= 2:
-                    raise _UNUSUAL
-                value = buf[p + 2 : p + size]
-                p += size
-            elif tl & 0xF0 == 0x70:
-                # A list as value (EMH: a time), kept with its element types. Depth 1 as in
-                # the general path; that one also gives the error if there is one.
-                try:
-                    (_, value), p = _typed(buf, p, 1)
-                except ProtocolError:
-                    raise _UNUSUAL from None
-            else:
-                raise _UNUSUAL
-            # valueSignature: absent, seldom a short octet string.
-            tl = buf[p]
-            if tl == 0x01:
-                signature = None
-                p += 1
-            elif 0x02 <= tl <= 0x0F:
-                signature = buf[p + 1 : p + tl]
-                p += tl
-            else:
-                raise _UNUSUAL
-            # Every slice above ends where the next field begins, so one check after the
-            # last field covers them all: a slice past the end would have come out short.
-            if p > end:
-                raise _UNUSUAL
-        except (_Unusual, IndexError):
-            entry, pos = _any_list_entry(buf, pos)
-            append(entry)
-            continue
-        append(SmlListEntry(obj_name, status, val_time, unit, scaler, value, signature))
-        pos = p
-    return entries, pos
-
-
-def _usual_time(buf: bytes, pos: int) -> tuple[SmlTime, int] | None:
-    """The ``SML_Time`` at ``pos`` in the encodings meters use, and the position after it:
-    ``72 62 01|02 6x..`` (secIndex, timestamp), ``72 62 03 73 6x.. 5x.. 5x..`` (localTimestamp
-    with its offsets in minutes) or a bare unsigned ``6x..`` (Holley). None for anything else,
-    which the caller hands to the general path; IndexError when the data ends."""
-    from_bytes = _from_bytes
-    tl = buf[pos]
-    if 0x62 <= tl <= 0x6F:
-        return SmlTime(TIME_BARE, from_bytes(buf[pos + 1 : pos + tl - 0x60])), pos + tl - 0x60
-    if tl != 0x72 or buf[pos + 1] != 0x62:
-        return None
-    kind = buf[pos + 2]
-    p = pos + 3
-    if kind == TIME_LOCAL_TIMESTAMP and buf[p] == 0x73:
-        p += 1
-    elif kind != TIME_SEC_INDEX and kind != TIME_TIMESTAMP:
-        return None
-    tl = buf[p]
-    if not 0x62 <= tl <= 0x6F:
-        return None
-    seconds = from_bytes(buf[p + 1 : p + tl - 0x60])
-    p += tl - 0x60
-    if kind != TIME_LOCAL_TIMESTAMP:
-        return SmlTime(kind, seconds), p
-    offsets = []
-    for _ in range(2):
-        tl = buf[p]
-        if not 0x52 <= tl <= 0x5F:
-            return None
-        offsets.append(from_bytes(buf[p + 1 : p + tl - 0x50], signed=True))
-        p += tl - 0x50
-    return SmlTime(kind, seconds, offsets[0], offsets[1]), p
-
-
-def _optional_time(buf: bytes, pos: int, depth: int, what: str) -> tuple[SmlTime | None, int]:
-    """An optional SML_Time field at ``pos`` (refTime, actSensorTime) and the position after it.
-
-    Speed: read directly when absent or in a usual encoding (see :func:`_usual_time`),
-    instead of as a nested list of elements first (0.8 us per frame); anything else the
-    general way, which also says what is wrong with it. ``depth`` is the nesting of the
-    field, as the general reader counts it."""
-    try:
-        if buf[pos] == 0x01:
-            return None, pos + 1
-        timed = _usual_time(buf, pos)
-    except IndexError:
-        timed = None  # cut off: the general path says where
-    # The last slice _usual_time takes ends at the position it returns: past the end of the
-    # data it would have come out short.
-    if timed is not None and timed[1] <= len(buf):
-        return timed
-    value, pos = _read(buf, pos, depth)
-    return _time(value, what), pos
-
-
-def _any_list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
-    """Any ``SML_ListEntry``, however its fields are encoded, or a ProtocolError naming the
-    first thing wrong with it."""
-    if pos < len(buf) and buf[pos] == 0x77:
-        fields, end = _read_list(buf, pos + 1, 7, 1)
-    else:
-        fields, end = _read(buf, pos)
-        if type(fields) is not list or len(fields) != 7:
-            raise ProtocolError(f"SML_ListEntry at byte {pos} is not a list of 7")
-    obj_name, status, val_time, unit, scaler, value, signature = fields
+    begin = pos
+    pos = _structure(buf, pos, 7, "SML_ListEntry")
+    (obj_name, status, val_time, unit, scaler), pos = _read_list(buf, pos, 5, 5)
     if type(obj_name) is not bytes:
-        raise ProtocolError(f"objName of the list entry at byte {pos} is not an octet string")
-    if status is not None and type(status) is not int:
-        raise ProtocolError(f"status of the list entry at byte {pos} is not an integer")
-    if unit is not None and type(unit) is not int:
-        raise ProtocolError(f"unit of the list entry at byte {pos} is not an integer")
-    if scaler is not None and type(scaler) is not int:
-        raise ProtocolError(f"scaler of the list entry at byte {pos} is not an integer")
+        raise ProtocolError(f"objName of the list entry at byte {begin} is not an octet string")
+    for what, number in (("status", status), ("unit", unit), ("scaler", scaler)):
+        if number is not None and type(number) is not int:
+            raise ProtocolError(f"{what} of the list entry at byte {begin} is not an integer")
+    if pos < len(buf) and buf[pos] & 0x70 == 0x70:
+        (_, value), pos = _typed(buf, pos, 5)
+    else:
+        value, pos = _read(buf, pos, 5)
+    if value is _END:
+        raise ProtocolError(f"end of message inside the list entry at byte {begin}")
+    signature, pos = _read(buf, pos, 5)
     if signature is not None and type(signature) is not bytes:
-        raise ProtocolError(f"valueSignature of the entry at byte {pos} is not an octet string")
-    if type(value) is list:
-        value = _typed(buf, _field_position(buf, pos, 5))[0][1]
-    elif value is _END:
-        raise ProtocolError(f"end of message inside the list entry at byte {pos}")
-    return SmlListEntry(
+        raise ProtocolError(f"valueSignature of the entry at byte {begin} is not an octet string")
+    entry = SmlListEntry(
         obj_name,
-        status,
-        None if val_time is None else _time(val_time, "valTime"),
-        unit,
-        scaler,
+        status,  # type: ignore[arg-type]
+        _time(val_time, "valTime"),
+        unit,  # type: ignore[arg-type]
+        scaler,  # type: ignore[arg-type]
         value,  # type: ignore[arg-type]
-        signature,
-    ), end
+        signature,  # type: ignore[arg-type]
+    )
+    return entry, pos
 
-
-def _field_position(buf: bytes, pos: int, index: int) -> int:
-    """Where field ``index`` of the (already decoded, so well-formed) list at ``pos`` starts."""
-    _, pos = _list_header(buf, pos, "a list")
-    for _ in range(index):
-        _, pos = _read(buf, pos)
-    return pos

@@ -61,7 +61,7 @@ _END_MARK = 0x1A
 DEFAULT_MAX_BUFFER = 64 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransportFrame:
     """One frame whose CRC matched.
 
@@ -73,19 +73,6 @@ class TransportFrame:
     raw: bytes
     payload: bytes
     crc_variant: str
-
-    def __init__(self, raw: bytes, payload: bytes, crc_variant: str) -> None:
-        # One per frame: filling __dict__ directly is half the cost of the generated frozen
-        # __init__ (object.__setattr__ per field).
-        fields = self.__dict__
-        fields["raw"] = raw
-        fields["payload"] = payload
-        fields["crc_variant"] = crc_variant
-
-
-# The hand-written __init__ must take exactly the fields, in order.
-if TransportFrame.__init__.__code__.co_varnames[1:4] != tuple(TransportFrame.__dataclass_fields__):
-    raise TypeError("TransportFrame.__init__ does not match its fields")
 
 
 def _start_inside_escape(buf: bytearray, pos: int) -> int | None:
