@@ -17,16 +17,6 @@ def xor_bcc(data: bytes) -> int:
     return result
 
 
-def crc16_arc(data: bytes) -> int:
-    """CRC-16/ARC bit by bit (poly 0x8005 reflected, init 0, no final XOR): DSMR P1."""
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
 def _crc16_ccitt_reflected(data: bytes, init: int, xorout: int) -> int:
     crc = init
     for byte in data:

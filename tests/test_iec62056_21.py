@@ -19,11 +19,8 @@ from iskra_me162.protocols.iec62056_21 import (
     REQUEST,
     DataReceiver,
     IdentificationReceiver,
-    TelegramReceiver,
     bcc,
     build_ack,
-    check_dsmr_crc,
-    crc16_arc,
     data_baudrate,
     parse_data_lines,
     parse_identification,
@@ -518,124 +515,13 @@ def test_parse_readout_ignores_bcc():
     assert ident.ident == "ME162-0033" and readings[0].value == 1
 
 
-# --- DSMR CRC ------------------------------------------------------------------------------
-
-
-def test_crc16_arc_check_value():
-    # The catalogued check value of CRC-16/ARC over "123456789".
-    assert crc16_arc(b"123456789") == 0xBB3D
-
-
-def test_dsmr_crc_detects_a_change():
-    body = b"/ABC5test\r\n\r\n1-0:1.8.1(000004.426*kWh)\r\n!"
-    good = body + f"{crc16_arc(body):04X}".encode() + b"\r\n"
-    assert check_dsmr_crc(good)
-    assert not check_dsmr_crc(good.replace(b"4.426", b"4.427"))
-
-
-def test_dsmr_crc_accepts_lower_case_hex():
-    body = b"/ABC5test\r\n!"
-    assert check_dsmr_crc(body + f"{crc16_arc(body):04x}".encode())
-
-
-@pytest.mark.parametrize(
-    "data", [b"", b"no slash", b"/ABC5x\r\n!\r\n", b"/ABC5x\r\n!12\r\n", b"/ABC5x!zzzz", b"!1234"]
-)
-def test_dsmr_crc_missing_raises(data):
-    with pytest.raises(ProtocolError, match="no DSMR telegram"):
-        check_dsmr_crc(data)
-
-
-# --- push telegram receiver ----------------------------------------------------------------
-
-
-def dsmr(lines: bytes, ident: bytes = b"/KFM5KAIFA-METER") -> bytes:
-    body = ident + b"\r\n\r\n" + lines + b"!"
-    return body + f"{crc16_arc(body):04X}".encode() + b"\r\n"
-
-
-def test_push_stream_of_several_telegrams_split_byte_by_byte():
+def test_parse_readout_reads_push_telegrams_without_stx():
+    # D0 push (EMH) and DSMR P1 telegrams: no STX/ETX; the DSMR "!XXXX" CRC line ends the data.
     d0 = b"/EMH5----eHZ-E0018E\r\n\r\n1-0:1.8.1*255(032942.0231)\r\n!\r\n"
-    one = dsmr(b"1-0:1.8.1(001581.123*kWh)\r\n")
-    two = dsmr(b"1-0:1.8.1(001581.124*kWh)\r\n")
-    framed = b"/ISK5ME162-0033\r\n" + mode_c_block("1.8.0(0000001.000*kWh)\r\n")
-    stream = b"\x00garbage" + d0 + one + b"\x7f" + two + framed
-    receiver = TelegramReceiver()
-    telegrams = []
-    for byte in stream:
-        receiver.feed(bytes([byte]))
-        while (telegram := receiver.next_telegram()) is not None:
-            telegrams.append(telegram)
-    assert [t.checksum for t in telegrams] == [None, "crc16", "crc16", "bcc"]
-    assert [t.readings[0].value for t in telegrams] == [
-        Decimal("32942.0231"),
-        Decimal("1581.123"),
-        Decimal("1581.124"),
-        Decimal(1),
-    ]
-    assert telegrams[1].raw == one
-    assert telegrams[1].identification.manufacturer == "KFM"
-
-
-def test_push_bad_crc_drops_only_that_telegram():
-    bad = dsmr(b"1-0:1.8.1(001581.123*kWh)\r\n").replace(b"1581.123", b"1581.129")
-    good = dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n")
-    receiver = TelegramReceiver()
-    receiver.feed(bad + good)
-    with pytest.raises(ChecksumError):
-        receiver.next_telegram()
-    telegram = receiver.next_telegram()
-    assert telegram.readings[0].value == 2
-    assert receiver.next_telegram() is None
-
-
-def test_push_bad_bcc_drops_only_that_telegram():
-    framed = bytearray(b"/ISK5ME162-0033\r\n" + mode_c_block("1.8.0(0000001.000*kWh)\r\n"))
-    framed[-1] ^= 0x20
-    good = b"/ISK5ME162-0033\r\n" + mode_c_block("1.8.0(0000002.000*kWh)\r\n")
-    receiver = TelegramReceiver()
-    receiver.feed(bytes(framed) + good)
-    with pytest.raises(ChecksumError):
-        receiver.next_telegram()
-    assert receiver.next_telegram().readings[0].value == 2
-
-
-def test_push_garbage_identification_then_recovers():
-    receiver = TelegramReceiver()
-    receiver.feed(b"/\x01\x02\r\n" + dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
-    with pytest.raises(ProtocolError):
-        receiver.next_telegram()
-    assert receiver.next_telegram().readings[0].value == 2
-
-
-def test_push_over_long_telegram_is_dropped_and_buffer_bounded():
-    receiver = TelegramReceiver(max_size=500)
-    receiver.feed(b"/KFM5KAIFA-METER\r\n\r\n" + b"1-0:1.8.1(1.0*kWh)\r\n" * 40)
-    with pytest.raises(ProtocolError, match="longer than 500"):
-        receiver.next_telegram()
-    receiver.feed(dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
-    assert receiver.next_telegram().readings[0].value == 2
-
-
-def test_push_noise_with_a_slash_before_the_identification():
-    receiver = TelegramReceiver()
-    receiver.feed(b"\x7f/\x00/" + dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
-    assert receiver.next_telegram().identification.manufacturer == "KFM"
-
-
-def test_push_identification_without_line_end_is_dropped():
-    receiver = TelegramReceiver()
-    receiver.feed(b"/KFM5" + b"x" * MAX_IDENT_LINE)
-    with pytest.raises(ProtocolError, match="no identification line end"):
-        receiver.next_telegram()
-    receiver.feed(dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
-    assert receiver.next_telegram().readings[0].value == 2
-
-
-def test_push_noise_only_keeps_nothing():
-    receiver = TelegramReceiver()
-    receiver.feed(b"\x7f" * 100_000)
-    assert receiver.next_telegram() is None
-    receiver.feed(dsmr(b"1-0:1.8.1(000002.000*kWh)\r\n"))
-    assert receiver.next_telegram().readings[0].value == 2
-
+    ident, readings = parse_readout(d0)
+    assert ident.manufacturer == "EMH"
+    assert [(r.value, r.unit) for r in readings] == [(Decimal("32942.0231"), None)]
+    dsmr = b"/KFM5KAIFA-METER\r\n\r\n1-0:1.8.1(001581.123*kWh)\r\n!6F4A\r\n0.0.0(1)\r\n"
+    ident, readings = parse_readout(dsmr)
+    assert ident.manufacturer == "KFM"
+    assert [(r.value, r.unit) for r in readings] == [(Decimal("1581.123"), "kWh")]

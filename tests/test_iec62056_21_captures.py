@@ -20,8 +20,6 @@ from iskra_me162.errors import ChecksumError
 from iskra_me162.protocols.iec62056_21 import (
     DataReceiver,
     IdentificationReceiver,
-    TelegramReceiver,
-    check_dsmr_crc,
     parse_readout,
 )
 from tests.testdata import TESTDATA, captures, require_testdata
@@ -196,74 +194,6 @@ def test_mode_c_receivers_byte_by_byte_and_random_splits(name):
         points = rng.sample(range(1, len(data)), rng.randint(2, 12))
         _, block = run_mode_c(data, splits(data, points))
         assert_matches_expected(name, block.readings)
-
-
-def changed_digit(raw: bytes) -> bytes:
-    """``raw`` with its first digit replaced by another digit."""
-    for index, byte in enumerate(raw):
-        if 0x30 <= byte <= 0x39:
-            return raw[:index] + bytes([0x30 + (byte - 0x30 + 1) % 10]) + raw[index + 1 :]
-    raise AssertionError(f"no digit in {raw!r}")
-
-
-@pytest.mark.parametrize("name", DSMR_FILES)
-def test_dsmr_crc_of_the_captures(name):
-    data = capture(name)
-    assert entry(name)["checks"]["dsmr_crc_valid"] is True
-    assert check_dsmr_crc(data)
-    # One changed digit in a value must break the CRC.
-    value = next(iter(entry(name)["obis"].values()))["raw"].encode()
-    assert value in data
-    assert not check_dsmr_crc(data.replace(value, changed_digit(value), 1))
-
-
-def push_kind(name: str, data: bytes) -> str | None:
-    """The checksum a complete push telegram of this capture carries, or "incomplete"."""
-    checks = entry(name)["checks"]
-    if "bcc_valid" in checks:
-        return "bcc"
-    if "dsmr_crc_valid" in checks:
-        return "crc16"
-    if "stx_offset" not in checks and data.endswith(b"!\r\n"):
-        return None
-    # STX without ETX (the source cut the BCC off) or no line end after "!": never ends.
-    return "incomplete"
-
-
-@pytest.mark.parametrize("name", FILES)
-def test_push_receiver_on_the_captures(name):
-    """Every capture that is a complete push telegram comes out of the stream receiver whole."""
-    data = capture(name)
-    receiver = TelegramReceiver()
-    for byte in data:
-        receiver.feed(bytes([byte]))
-    if name == BAD_BCC:
-        with pytest.raises(ChecksumError):
-            receiver.next_telegram()
-        return
-    kind = push_kind(name, data)
-    telegram = receiver.next_telegram()
-    if kind == "incomplete":
-        assert telegram is None
-        return
-    assert telegram is not None
-    assert telegram.checksum == kind
-    assert telegram.identification.raw.decode("ascii") == entry(name)["ident"]
-    assert_matches_expected(name, telegram.readings)
-    assert receiver.next_telegram() is None
-
-
-@pytest.mark.parametrize("name", DSMR_FILES)
-def test_push_receiver_rejects_a_dsmr_capture_with_a_changed_value(name):
-    data = capture(name)
-    value = next(iter(entry(name)["obis"].values()))["raw"].encode()
-    receiver = TelegramReceiver()
-    receiver.feed(data.replace(value, changed_digit(value), 1))
-    receiver.feed(data)
-    with pytest.raises(ChecksumError):
-        receiver.next_telegram()
-    assert_matches_expected(name, receiver.next_telegram().readings)
-    assert receiver.next_telegram() is None
 
 
 def test_noise_with_a_slash_before_a_real_identification():

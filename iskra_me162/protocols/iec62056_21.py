@@ -1,4 +1,4 @@
-"""IEC 62056-21 (formerly IEC 1107) mode C readout and mode D / DSMR push, without any I/O.
+"""IEC 62056-21 (formerly IEC 1107) mode C readout, without any I/O.
 
 Bytes go in, an :class:`Identification` and :class:`~iskra_me162.obis.Reading` objects come out.
 Opening the port, 7E1 framing, masking to 7 bits, sleeping the reaction time, switching the baud
@@ -17,19 +17,16 @@ rate and timeouts belong to the port layer, which drives this module like this (
         data_rx.feed(port.read(...))                      # ChecksumError on a bad BCC
     block.readings                                        # tuple[Reading, ...]
 
-Push meters (mode D, German "D0" push telegrams, DSMR P1) send telegrams on their own; feed the
-stream to a :class:`TelegramReceiver` and call :meth:`TelegramReceiver.next_telegram` until it
-returns None.
-
 Both receivers accept bytes split anywhere (one at a time is fine), keep bounded buffers, skip
 noise before ``/`` and before STX, and raise only :class:`~iskra_me162.errors.ProtocolError` or
-its subclass :class:`~iskra_me162.errors.ChecksumError`. A receiver of a single readout stays
-failed after an error (re-raising it), as a readout with a bad checksum must be dropped whole;
-the telegram receiver drops the bad telegram and goes on with the next one.
+its subclass :class:`~iskra_me162.errors.ChecksumError`. A receiver stays failed after an error
+(re-raising it), as a readout with a bad checksum must be dropped whole.
 
 Data lines are parsed by :func:`parse_data_lines` (generic, never raises: malformed lines are
 logged at DEBUG and skipped). :func:`parse_readout` parses a whole captured telegram of any
-framing without a checksum policy, for tests and tools.
+framing (mode C, D0 push telegrams, DSMR P1) without a checksum policy, for tests and tools.
+The daemon reads no push telegrams over IEC 62056-21, so there is no receiver for them and no
+DSMR CRC check here.
 
 How a value group becomes a :class:`~iskra_me162.obis.Reading`:
 
@@ -91,8 +88,6 @@ _IDENT_RE = re.compile(rb"/([A-Za-z]{3})([!-~])(?:\\([!-~]))?([ -~]*)")
 _DATA_SET_RE = re.compile(r"\s*([0-9A-Za-z][0-9A-Za-z:.*&-]*)((?:\([^()]*\))+)", re.ASCII)
 _VALUE_RE = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:\*([^\s()*]*))?", re.ASCII)
 _DSMR_TIME_RE = re.compile(r"\d{12}[SW]", re.ASCII)
-_DSMR_END_RE = re.compile(rb"!([0-9A-Fa-f]{4})?\r?\n")
-_HEX4_RE = re.compile(rb"[0-9A-Fa-f]{4}")
 _PHYSICAL_C = range(1, 96)  # OBIS value group C for quantities (0 and 96..99 are abstract)
 
 
@@ -127,21 +122,6 @@ class DataBlock:
 
     text: str
     readings: tuple[Reading, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Telegram:
-    """One pushed telegram (mode D, D0 push, DSMR P1) whose checksum, if it has one, is valid.
-
-    ``checksum`` says which one was verified: ``"bcc"`` (STX..ETX framing), ``"crc16"`` (DSMR
-    ``!XXXX``) or ``None`` (the telegram carries none, as D0 push telegrams of EMH, eBZ, Hager,
-    EasyMeter). ``raw`` holds the bytes from ``/`` to the end of the telegram.
-    """
-
-    identification: Identification
-    readings: tuple[Reading, ...]
-    checksum: str | None
-    raw: bytes
 
 
 def bcc(data: bytes) -> int:
@@ -411,125 +391,6 @@ class DataReceiver:
         self._result = DataBlock(text=text, readings=parse_data_lines(text))
 
 
-class TelegramReceiver:
-    """Splits a pushed byte stream (mode D, D0 push, DSMR P1) into verified telegrams.
-
-    A telegram runs from ``/`` to the line end after ``!`` (or ``!XXXX`` with a DSMR CRC-16),
-    or, when an STX follows the identification, to the BCC after ETX. :meth:`feed` only stores
-    bytes; :meth:`next_telegram` returns the next complete telegram, None when there is none
-    yet, or raises ProtocolError / ChecksumError for one bad telegram, which it then drops:
-    call it again to go on with the rest of the stream. A telegram longer than ``max_size`` is
-    dropped the same way, so the buffer stays bounded as long as :meth:`next_telegram` is
-    called after every :meth:`feed` (until it returns None).
-    """
-
-    def __init__(self, max_size: int = MAX_BLOCK_SIZE) -> None:
-        self._max_size = max_size
-        self._buffer = bytearray()
-        self._scanned = 0  # the end search resumes here, so a slow stream is not rescanned
-
-    def feed(self, data: bytes) -> None:
-        """Append the next bytes of the stream, in any chunking."""
-        self._buffer += data
-
-    def next_telegram(self) -> Telegram | None:
-        """The next complete telegram, None if none is complete yet; see the class doc."""
-        while True:
-            start = self._buffer.find(b"/")
-            if start < 0:
-                self._consume(len(self._buffer))
-                return None
-            self._consume(start)
-            try:
-                telegram, used = self._next()
-            except ProtocolError:
-                # Resynchronise on the next "/" after the bad one.
-                self._consume(1)
-                raise
-            if used == 0:
-                return None
-            self._consume(used)
-            if telegram is not None:
-                return telegram
-
-    def _consume(self, count: int) -> None:
-        if count:
-            del self._buffer[:count]
-            self._scanned = 0
-
-    def _too_long(self) -> tuple[None, int]:
-        if len(self._buffer) > self._max_size:
-            raise ProtocolError(f"telegram longer than {self._max_size} bytes")
-        return None, 0
-
-    def _next(self) -> tuple[Telegram | None, int]:
-        """(telegram, bytes used); (None, 0) = incomplete; (None, n) = skip n bytes, go on."""
-        buffer = self._buffer
-        newline = buffer.find(b"\n", 0, MAX_IDENT_LINE + 1)
-        if newline < 0:
-            if len(buffer) > MAX_IDENT_LINE:
-                raise ProtocolError(f"no identification line end in {MAX_IDENT_LINE} bytes")
-            return None, 0
-        restart = buffer.rfind(b"/", 1, newline)
-        if restart > 0:
-            return None, restart  # noise with a "/" before the real identification
-        line = bytes(buffer[:newline]).rstrip(b"\r")
-        if _is_request_echo(line):
-            return None, newline + 1
-        identification = parse_identification(line)
-        body_start = newline + 1
-        while body_start < len(buffer) and buffer[body_start] in b"\r\n":
-            body_start += 1
-        if body_start >= len(buffer):
-            return self._too_long()
-        if buffer[body_start] == STX:
-            return self._framed(identification, body_start)
-        return self._unframed(identification, body_start)
-
-    def _framed(self, identification: Identification, stx: int) -> tuple[Telegram | None, int]:
-        buffer = self._buffer
-        etx = buffer.find(ETX, max(stx + 1, self._scanned))
-        if etx < 0 or etx + 1 >= len(buffer):
-            self._scanned = len(buffer) if etx < 0 else etx
-            return self._too_long()
-        block = bytes(buffer[stx + 1 : etx + 1])
-        raw = bytes(buffer[: etx + 2])
-        if bcc(block) != raw[-1]:
-            self._consume(len(raw) - 1)  # the caller drops the last byte
-            raise ChecksumError(f"BCC mismatch in the telegram of {identification.raw!r}")
-        readings = parse_data_lines(block[:-1].decode("latin-1"))
-        return Telegram(identification, readings, "bcc", raw), len(raw)
-
-    def _unframed(
-        self, identification: Identification, body_start: int
-    ) -> tuple[Telegram | None, int]:
-        # The end line starts with "!" right after a line end (or as the first body byte).
-        buffer = self._buffer
-        search = max(body_start - 1, self._scanned)
-        while True:
-            bang = buffer.find(b"\n!", search)
-            if bang < 0:
-                self._scanned = max(search, len(buffer) - 1)
-                return self._too_long()
-            end = _DSMR_END_RE.match(buffer, bang + 1)
-            if end is not None:
-                break
-            if buffer.find(b"\n", bang + 1) < 0:
-                self._scanned = bang
-                return self._too_long()  # the "!" line is not complete yet
-            search = bang + 1
-        raw = bytes(buffer[: end.end()])
-        checksum = None
-        if end.group(1) is not None:
-            checksum = "crc16"
-            if not check_dsmr_crc(raw):
-                self._consume(len(raw) - 1)
-                raise ChecksumError(f"DSMR CRC mismatch in the telegram of {identification.raw!r}")
-        body = raw[body_start : end.start()]
-        readings = parse_data_lines(body.decode("latin-1"))
-        return Telegram(identification, readings, checksum, raw), len(raw)
-
-
 def _obis(text: str) -> ObisCode | None:
     try:
         return ObisCode.parse(text)
@@ -591,9 +452,9 @@ def parse_readout(raw: bytes) -> tuple[Identification | None, tuple[Reading, ...
     """Identification and readings of a whole captured telegram, whatever its framing.
 
     Accepts mode C readouts (with or without STX/ETX/BCC, with echoes and noise), D0 push
-    telegrams and DSMR P1 telegrams. Checksums are NOT checked (use :class:`DataReceiver`,
-    :class:`TelegramReceiver` or :func:`check_dsmr_crc` for that). Never raises: without a
-    readable identification the whole input is parsed as data lines.
+    telegrams and DSMR P1 telegrams. Checksums are NOT checked (:class:`DataReceiver` checks
+    the BCC of a mode C readout). Never raises: without a readable identification the whole
+    input is parsed as data lines.
     """
     receiver = IdentificationReceiver()
     try:
@@ -610,40 +471,3 @@ def parse_readout(raw: bytes) -> tuple[Identification | None, tuple[Reading, ...
         if etx >= 0:
             body = body[:etx]
     return identification, parse_data_lines(body.decode("latin-1"))
-
-
-def _crc16_arc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC16_ARC_TABLE = _crc16_arc_table()
-
-
-def crc16_arc(data: bytes) -> int:
-    """CRC-16/ARC (poly 0x8005 reflected = 0xA001, init 0, no final XOR), as DSMR P1 uses."""
-    crc = 0
-    table = _CRC16_ARC_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc
-
-
-def check_dsmr_crc(telegram: bytes) -> bool:
-    """True when the DSMR P1 telegram's ``!XXXX`` CRC matches its bytes from ``/`` to ``!``.
-
-    The telegram starts at its first ``/`` and ends at the first ``!`` after it. False on a
-    mismatch. Raises ProtocolError when there is no ``/ ... !XXXX`` at all (DSMR 2.2 and D0 push
-    telegrams carry no CRC), so "no CRC" is never taken for a good one.
-    """
-    start = telegram.find(b"/")
-    bang = telegram.find(b"!", start) if start >= 0 else -1
-    given = telegram[bang + 1 : bang + 5] if bang >= 0 else b""
-    if len(given) != 4 or _HEX4_RE.fullmatch(given) is None:
-        raise ProtocolError("no DSMR telegram with a '!XXXX' CRC")
-    return crc16_arc(telegram[start : bang + 1]) == int(given, 16)
