@@ -303,3 +303,70 @@ def test_entries_of_several_get_list_responses_in_order():
         "1-0:16.7.0*255",
     ]
 
+
+# --- DZG DVS74: 16.7.0 sent unsigned in a signed field ----------------------------------------
+
+
+def _dzg_server_id(serial: int, flag: bytes = b"DZG") -> bytes:
+    """A DIN 43863-5 server id as DZG meters send it: 0a 01 'DZG', the serial in 5 bytes."""
+    return b"\x0a\x01" + flag + serial.to_bytes(5, "big")
+
+
+def _dzg_frame(server_id: bytes, power: int, width: int) -> bytes:
+    """A frame shaped like a DZG DVS74's (the capture dzg_0282c0b0__smllib.bin plus the power
+    entry of these meters): 16.7.0 in W with scaler -2 as a signed integer of ``width`` bytes."""
+    return sml_frames.sml_frame(
+        [
+            Entry("1-0:96.50.1*1", b"DZG"),
+            Entry("1-0:96.1.0*255", server_id),
+            Entry("1-0:1.8.0*255", 13391, unit=UNIT_WH, scaler=3, status=0x1C0104, val_time=7),
+            Entry("1-0:2.8.0*255", 0, unit=UNIT_WH, scaler=3, val_time=7),
+            Entry("1-0:16.7.0*255", power, unit=UNIT_W, scaler=-2, signed=True, width=width),
+        ],
+        server_id=server_id,
+    )
+
+
+def _power_of(data: bytes) -> Decimal:
+    (frame,), _ = _stream_frames(data)
+    readout = frame_to_readout(frame, WALL, 0.0)
+    power = readout.get("16.7.0")
+    assert power is not None and power.unit == "W"
+    assert readout.get("1.8.0").value == Decimal(13391000)  # the other registers untouched
+    return power.value
+
+
+# +356.00 W is 35600 = 0x8b10; as Integer16 that reads -29936, i.e. -299.36 W.
+WRONG_SIGN_356_W = 35600 - 65536
+
+
+@pytest.mark.parametrize("serial", [42_000_000, 42_123_440, 48_999_999, 55_000_000, 58_999_999])
+def test_faulty_dzg_dvs74_power_is_read_as_unsigned(serial):
+    # 42 123 440 (0x0282c0b0) is the serial of the DZG capture in the test data.
+    assert _power_of(_dzg_frame(_dzg_server_id(serial), WRONG_SIGN_356_W, 2)) == Decimal("356.00")
+    # One byte the same way: 200 (2.00 W) sent as Integer8 0xc8 = -56.
+    assert _power_of(_dzg_frame(_dzg_server_id(serial), 200 - 256, 1)) == Decimal("2.00")
+
+
+def test_faulty_dzg_dvs74_keeps_negative_power_sent_in_four_bytes():
+    # Feeding in is sent as a real Integer32: 55 ff fe 13 93 = -1260.61 W.
+    data = _dzg_frame(_dzg_server_id(42_123_440), -126061, 4)
+    assert bytes.fromhex("55fffe1393") in data
+    assert _power_of(data) == Decimal("-1260.61")
+
+
+@pytest.mark.parametrize(
+    "server_id",
+    [
+        _dzg_server_id(41_999_999),  # below the DVS74 ranges (e.g. 40 05.. of libsml issue #132)
+        _dzg_server_id(49_000_000),
+        _dzg_server_id(54_999_999),
+        _dzg_server_id(59_000_000),
+        _dzg_server_id(60_123_456),  # DVS74 with the fixed firmware
+        _dzg_server_id(42_123_440, flag=b"EMH"),  # the same number from another manufacturer
+        _dzg_server_id(42_123_440)[:9],  # not a 10-byte server id
+    ],
+    ids=["41999999", "49000000", "54999999", "59000000", "60123456", "EMH", "9-bytes"],
+)
+def test_other_meters_keep_a_negative_power(server_id):
+    assert _power_of(_dzg_frame(server_id, WRONG_SIGN_356_W, 2)) == Decimal("-299.36")

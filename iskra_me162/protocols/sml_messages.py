@@ -19,6 +19,9 @@ them from an untrusted channel decides with ``strict=True`` or by reading ``crc_
 One reader, :func:`_read`, turns a TL field into a Python value (lists into Python lists); the
 message structures are read field by field with it and then checked, so every malformed input
 gets one :class:`ProtocolError` naming the first thing wrong with it.
+
+One meter quirk is corrected here, where the encoding of a value is still known: see
+:func:`_dzg_unsigned_power`.
 """
 
 from __future__ import annotations
@@ -474,9 +477,10 @@ def _get_list_res(buf: bytes, pos: int) -> tuple[SmlGetListRes, int]:
     (client_id, server_id, list_name, sensor_time), pos = _read_list(buf, pos, 4, 3)
     server_id = _octets(server_id, "serverId")
     count, pos = _list_header(buf, pos, "valList")
+    unsigned_power = _dzg_unsigned_power(server_id)
     entries = []
     for _ in range(count):
-        entry, pos = _list_entry(buf, pos)
+        entry, pos = _list_entry(buf, pos, unsigned_power)
         entries.append(entry)
     (signature, gateway_time), pos = _read_list(buf, pos, 2, 3)
     return SmlGetListRes(
@@ -490,10 +494,11 @@ def _get_list_res(buf: bytes, pos: int) -> tuple[SmlGetListRes, int]:
     ), pos
 
 
-def _list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
+def _list_entry(buf: bytes, pos: int, unsigned_power: bool) -> tuple[SmlListEntry, int]:
     """``SML_ListEntry``: objName, status, valTime, unit, scaler, value, valueSignature.
 
-    A list as value (EMH sends a time there) is kept with its element types (:func:`_typed`).
+    A list as value (EMH sends a time there) is kept with its element types (:func:`_typed`);
+    ``unsigned_power`` corrects the DZG fault described at :func:`_dzg_unsigned_power`.
     """
     begin = pos
     pos = _structure(buf, pos, 7, "SML_ListEntry")
@@ -503,12 +508,15 @@ def _list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
     for what, number in (("status", status), ("unit", unit), ("scaler", scaler)):
         if number is not None and type(number) is not int:
             raise ProtocolError(f"{what} of the list entry at byte {begin} is not an integer")
+    value_pos = pos
     if pos < len(buf) and buf[pos] & 0x70 == 0x70:
         (_, value), pos = _typed(buf, pos, 5)
     else:
         value, pos = _read(buf, pos, 5)
     if value is _END:
         raise ProtocolError(f"end of message inside the list entry at byte {begin}")
+    if unsigned_power and obj_name == _POWER and type(value) is int and value < 0:
+        value = _as_unsigned(buf, value_pos, value)
     signature, pos = _read(buf, pos, 5)
     if signature is not None and type(signature) is not bytes:
         raise ProtocolError(f"valueSignature of the entry at byte {begin} is not an octet string")
@@ -523,3 +531,45 @@ def _list_entry(buf: bytes, pos: int) -> tuple[SmlListEntry, int]:
     )
     return entry, pos
 
+
+# ---------------------------------------------------------------------------------------------
+# A meter fault corrected here.
+
+_POWER = bytes((1, 0, 16, 7, 0, 255))  # 1-0:16.7.0*255, sum active instantaneous power
+# DZG server ids (DIN 43863-5): 0a 01 'DZG', then the serial number as a 5-byte integer.
+_DZG_ID_HEAD = b"\x0a\x01DZG"
+# The DVS74 serial numbers whose firmware has the fault (fixed from 60 000 000 on).
+_FAULTY_DVS74_SERIALS = (range(42_000_000, 49_000_000), range(55_000_000, 59_000_000))
+
+
+def _dzg_unsigned_power(server_id: bytes | None) -> bool:
+    """Whether ``server_id`` is a DZG DVS74 that sends 16.7.0 unsigned in a signed field.
+
+    These meters send the power (W, scaler -2) as a signed integer in the fewest bytes that
+    the *unsigned* number needs: +356.00 W is 35600 = 0x8b10, sent as ``53 8b 10``, which is
+    Integer16 -29936, i.e. -299.36 W. Negative power they always send in four bytes
+    (``55 ff fe 13 93`` = -1260.61 W), whose sign bit no real power reaches (it would take
+    21 MW), so from such a meter a negative value in one or two bytes is a positive one.
+
+    Which meters: DZG told the libsml maintainers that only DVS74 meters have the fault, only
+    those with serial numbers below 60 000 000, and that the ranges 42 000 000..48 999 999
+    and 55 000 000..58 999 999 are the DVS74's (volkszaehler/libsml pull request #136, after
+    issues #59, #105 and #132; vzlogger reads SML through libsml). libsml takes the serial
+    from the 1-0:96.1.0*255 entry; the GetList.Res server id that we read it from comes before
+    the entries and is the same ten bytes on DZG meters. Other DZG models and newer DVS74 send
+    small negative values in two bytes correctly, so for them, as for every other
+    manufacturer, a negative value stays negative.
+    """
+    if server_id is None or len(server_id) != 10 or not server_id.startswith(_DZG_ID_HEAD):
+        return False
+    serial = int.from_bytes(server_id[len(_DZG_ID_HEAD) :], "big")
+    return any(serial in serials for serials in _FAULTY_DVS74_SERIALS)
+
+
+def _as_unsigned(buf: bytes, pos: int, value: int) -> int:
+    """``value``, read as signed from the one- or two-byte integer at ``pos``, as unsigned;
+    unchanged when it was sent in more bytes (see :func:`_dzg_unsigned_power`)."""
+    tl = buf[pos]
+    if tl in (0x52, 0x53):  # Integer8 / Integer16: one TL byte and one or two data bytes
+        return value + (1 << 8 * (tl - 0x51))
+    return value
