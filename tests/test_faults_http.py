@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import itertools
+import json
 import socket
 import threading
 import time
@@ -162,6 +163,7 @@ def test_endpoint_abuse_delays_neither_other_clients_nor_the_meter_loop(tmp_path
     daemon = DaemonProcess(config)
     latencies: list[float] = []
     answers: list[tuple[bytes, int]] = []
+    served_power: list[tuple[object, object]] = []
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the first reading is served
@@ -177,6 +179,8 @@ def test_endpoint_abuse_delays_neither_other_clients_nor_the_meter_loop(tmp_path
                 status, body, seconds = get(port, "/api/v1/readings", **{"X-Echo": "REFLX"})
                 assert status == 200, body
                 latencies.append(seconds)
+                document = json.loads(body)
+                served_power.append((document["power_w"], document["power_source"]))
                 request = next(hostile, None)
                 if request is not None:
                     answers.append((raw_exchange(port, request[0]), request[1]))
@@ -199,6 +203,10 @@ def test_endpoint_abuse_delays_neither_other_clients_nor_the_meter_loop(tmp_path
             answer.startswith(f"HTTP/1.0 {expected} ".encode())
         ), (expected, answer[:200])
         assert b"REFLX" not in answer and b"root:" not in answer
+    # The simulated ME162 sends only counters: the daemon derives its power and serves it.
+    assert any(
+        source == "counters" and isinstance(power, int | float) for power, source in served_power
+    ), served_power[-5:]
     # Threads stay bounded: 64 connection threads, the daemon's own, not one per connection.
     assert max_threads <= 64 + 16, max_threads  # (evicted ones may still be finishing)
     # The meter loop kept its schedule all through the attack.

@@ -3,6 +3,12 @@
 Expected numbers are computed here from the readings each test builds, never taken from the
 code under test. The documentation's Home Assistant YAML is parsed and its templates rendered
 with Jinja2 against what the endpoint really serves.
+
+The endpoint renders the derive stage's :class:`~iskra_me162.derive.Values` and computes
+nothing itself: each readout here is derived first (power from counters is the derive stage's,
+tested in tests/test_derive.py; here only that the endpoint shows it). The endpoint serves only
+readings younger than ``stale_after`` by ``time.monotonic()``, so readouts carry monotonic
+times near now.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import jinja2
 import pytest
 import yaml
 
+from iskra_me162.derive import Values
 from iskra_me162.errors import ConfigError, SinkError
 from iskra_me162.obis import ObisCode, Reading
 from iskra_me162.readout import MeterIdentity, Readout
@@ -35,6 +42,7 @@ from iskra_me162.sinks.http import (
     HttpEndpoint,
     parse_listen,
 )
+from tests.readouts import make_deriver
 from tests.testdata import expected, require_testdata
 
 DOCS = Path(__file__).resolve().parent.parent / "README.rst"  # section "Home Assistant"
@@ -51,13 +59,24 @@ def reg(code: str, value: str | None, unit: str | None = None, raw: str = "") ->
     )
 
 
-def make_readout(*readings: Reading, age: float = 0.0, wall: datetime = WALL) -> Readout:
-    return Readout(ME162, tuple(readings), wall, time.monotonic() - age)
+def make_readout(
+    *readings: Reading, age: float = 0.0, wall: datetime = WALL, monotonic: float | None = None
+) -> Readout:
+    """A readout taken ``age`` seconds ago (or at ``monotonic``)."""
+    when = time.monotonic() - age if monotonic is None else monotonic
+    return Readout(ME162, tuple(readings), wall, when)
 
 
-def me162(age: float = 0.0) -> Readout:
-    """An ME162 readout as IEC 62056-21 sends it: kWh and kW, two tariffs, text registers."""
-    return make_readout(
+def make_values(*readings: Reading, age: float = 0.0, wall: datetime = WALL) -> Values:
+    """The values of one readout, derived on its own (a fresh deriver: no earlier readout, so
+    no power from counters)."""
+    return make_deriver().derive(make_readout(*readings, age=age, wall=wall))
+
+
+def me162(age: float = 0.0) -> Values:
+    """An ME162 readout as IEC 62056-21 sends it (kWh and kW, two tariffs, text registers),
+    derived."""
+    return make_values(
         reg("C.1.0", None, None, "63355730"),
         reg("1.8.0", "7408.2524", "kWh"),
         reg("1.8.1", "5123.1010", "kWh"),
@@ -240,7 +259,7 @@ def test_cumulated_is_the_old_services_format(endpoint):
 def test_wh_registers_are_converted_exactly_without_float_noise(endpoint):
     # SML meters send Wh with a scaler; 99999.7 Wh / 1000 in floats is 99.99969999999999.
     endpoint.publish(
-        make_readout(
+        make_values(
             Reading(
                 ObisCode.from_bytes(bytes([1, 0, 1, 8, 0, 255])), Decimal("99999.7"), "Wh", "x"
             ),
@@ -250,18 +269,20 @@ def test_wh_registers_are_converted_exactly_without_float_noise(endpoint):
             ),
         )
     )
+    # Compact JSON (no blanks after ':' and ','), as every sink writes it (jsontext.py).
     cumulated = fetch(endpoint, "/api/electricity/cumulated").body
-    assert b'"value": 99.9997}' in cumulated
+    assert b'"value":99.9997}' in cumulated
     readings = fetch(endpoint, "/api/v1/readings")
-    assert b'"import_kwh": 99.9997,' in readings.body
-    assert b'"export_kwh": 0.3003,' in readings.body
+    assert b'"import_kwh":99.9997,' in readings.body
+    assert b'"export_kwh":0.3003,' in readings.body
     document = json.loads(readings.body, parse_float=Decimal)
     assert document["power_w"] == Decimal("-1234.5")  # 16.7.0 is signed: feeding in
 
 
 def test_readings_lists_every_register_with_meter_time_and_age(endpoint):
-    readout = me162(age=12.0)
-    endpoint.publish(readout)
+    values = me162(age=12.0)
+    readout = values.readout
+    endpoint.publish(values)
     response = fetch(endpoint, "/api/v1/readings")
     assert response.status == 200
     document = json.loads(response.body, parse_float=Decimal)
@@ -287,31 +308,108 @@ def test_readings_lists_every_register_with_meter_time_and_age(endpoint):
     assert document["import_kwh"] == Decimal("7408.2524")
     assert document["export_kwh"] == Decimal("1532.0077")
     assert document["power_w"] == (Decimal("0.412") - Decimal("0.100")) * 1000  # 1.7.0 - 2.7.0
+    assert document["import_power_w"] == Decimal("412")
+    assert document["export_power_w"] == Decimal("100")
+    assert document["power_source"] == "meter"
+    assert document["power_missing"] is None
 
 
-def test_power_from_the_counters_for_a_meter_without_power_registers(endpoint):
-    # A real ME162 sends no 1.7.0/2.7.0: the power comes from two readouts' counters.
-    def readout(import_kwh: str, export_kwh: str, age: float) -> Readout:
+def readings_of(endpoint: HttpEndpoint) -> dict:
+    return json.loads(fetch(endpoint, "/api/v1/readings").body, parse_float=Decimal)
+
+
+def test_a_counter_only_meter_gets_the_derived_power_from_its_counters(endpoint):
+    # A real ME162 sends no 1.7.0/2.7.0: the derive stage computes the power from two readouts'
+    # counters (tests/test_derive.py); the endpoint shows what it derived.
+    def readout(import_kwh: str, export_kwh: str, monotonic: float) -> Readout:
         return make_readout(
             reg("1.8.0", import_kwh, "kWh"),
             reg("1.8.1", import_kwh, "kWh"),
             reg("1.8.2", "0.000", "kWh"),
             reg("2.8.0", export_kwh, "kWh"),
-            age=age,
+            monotonic=monotonic,
         )
 
-    endpoint.publish(readout("1000.000", "5.000", age=50.0))
-    first = fetch(endpoint, "/api/v1/readings").json()
-    assert first["power_w"] is None and first["power_source"] is None  # one readout: unknown
-    # 25 Wh imported in 25 s = 3600 W (nothing exported).
-    endpoint.publish(readout("1000.025", "5.000", age=25.0))
-    second = json.loads(fetch(endpoint, "/api/v1/readings").body, parse_float=Decimal)
+    deriver = make_deriver()
+    now = time.monotonic()
+    first_values = deriver.derive(readout("1000.000", "5.000", now - 45))
+    endpoint.publish(first_values)
+    first = readings_of(endpoint)
+    # One readout: the power is unknown, and the answer says why (never a guessed 0).
+    assert first["power_w"] is None and first["power_source"] is None
+    assert first["import_power_w"] is None and first["export_power_w"] is None
+    assert first["power_missing"] == first_values.power_missing != ""
+    assert first["import_kwh"] == Decimal("1000")  # the energy is there all the same
+
+    # 25 Wh imported in 45 s = 2000 W, nothing exported.
+    values = deriver.derive(readout("1000.025", "5.000", now))
+    endpoint.publish(values)
+    second = readings_of(endpoint)
     assert second["power_source"] == "counters"
-    assert abs(second["power_w"] - 3600) <= 40  # the two ages are taken a moment apart
-    # 10 Wh exported in the next 25 s: -1440 W (export counts negative, as 16.7.0 does).
-    endpoint.publish(readout("1000.025", "5.010", age=0.0))
-    third = json.loads(fetch(endpoint, "/api/v1/readings").body, parse_float=Decimal)
-    assert abs(third["power_w"] + 1440) <= 40
+    assert second["power_missing"] is None
+    assert second["power_w"] == values.net_power.watts
+    assert second["import_power_w"] == values.import_power.watts
+    assert second["export_power_w"] == values.export_power.watts == 0
+    assert abs(second["power_w"] - 2000) < 1
+
+
+def test_the_endpoint_computes_no_power_of_its_own(endpoint):
+    # Two counter-only readouts 40 s apart, each derived without the other: the derive stage
+    # knows no power for either, and the endpoint (which once kept counters of its own) shows
+    # none either.
+    now = time.monotonic()
+    for kwh, monotonic in (("100.000", now - 40), ("100.005", now)):
+        endpoint.publish(
+            make_deriver().derive(make_readout(reg("1.8.0", kwh, "kWh"), monotonic=monotonic))
+        )
+        document = readings_of(endpoint)
+        assert document["power_w"] is None and document["power_source"] is None
+        assert document["power_missing"]
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later", "power", "source"),
+    [
+        # The meter's signed net power: import and export power split from it by its sign.
+        (None, {"1.8.0": "100", "2.8.0": "5", "16.7.0": "-1.2345"}, ("-1234.5", "0", "1234.5"),
+         "meter"),
+        (None, {"1.8.0": "100", "2.8.0": "5", "16.7.0": "0.8"}, ("800", "800", "0"), "meter"),
+        # A meter without export: its export power is 0, not unknown.
+        (None, {"1.8.0": "100", "1.7.0": "0.3"}, ("300", "300", "0"), "meter"),
+        # Import power from the meter, export power from the export counter: "mixed".
+        ({"1.8.0": "100", "2.8.0": "5", "1.7.0": "0.3"},
+         {"1.8.0": "100.005", "2.8.0": "5.002", "1.7.0": "0.3"}, ("180", "300", "120"), "mixed"),
+        # ME162-like: only 1.8.0.
+        ({"1.8.0": "100.000"}, {"1.8.0": "100.0075"}, ("450", "450", "0"), "counters"),
+    ],
+)  # fmt: skip
+def test_the_power_fields_show_the_derived_power(endpoint, earlier, later, power, source):
+    def readout(registers: dict[str, str], monotonic: float) -> Readout:
+        return make_readout(
+            *(
+                reg(code, value, "kW" if ".7." in code else "kWh")
+                for code, value in registers.items()
+            ),
+            monotonic=monotonic,
+        )
+
+    deriver = make_deriver()
+    now = time.monotonic()
+    if earlier is not None:
+        deriver.derive(readout(earlier, now - 60))
+    values = deriver.derive(readout(later, now))
+    assert values.has_power, values.power_missing
+    endpoint.publish(values)
+    document = readings_of(endpoint)
+    served = (document["power_w"], document["import_power_w"], document["export_power_w"])
+    derived = (values.net_power.watts, values.import_power.watts, values.export_power.watts)
+    assert served == derived
+    assert all(
+        abs(got - Decimal(want)) < Decimal("0.001") for got, want in zip(served, power, strict=True)
+    ), served
+    assert document["power_w"] == document["import_power_w"] - document["export_power_w"]
+    assert document["power_source"] == source == values.net_power.source
+    assert document["power_missing"] is None
 
 
 def test_the_meters_own_power_register_wins(endpoint):
@@ -321,7 +419,7 @@ def test_the_meters_own_power_register_wins(endpoint):
 
 def test_tariff_registers_are_summed_when_the_total_is_missing(endpoint):
     endpoint.publish(
-        make_readout(
+        make_values(
             reg("1.8.1", "0.1", "kWh"),
             reg("1.8.2", "0.2", "kWh"),  # 0.1 + 0.2 in floats is 0.30000000000000004
             reg("2.8.1", "10", "kWh"),
@@ -332,7 +430,12 @@ def test_tariff_registers_are_summed_when_the_total_is_missing(endpoint):
     document = json.loads(fetch(endpoint, "/api/v1/readings").body, parse_float=Decimal)
     assert document["import_kwh"] == Decimal("0.3")
     assert document["export_kwh"] == Decimal("15.5")
-    assert document["power_w"] == 1500
+    assert document["import_power_w"] == 1500
+    # The meter counts export but sends no export power: from one readout that is unknown, so
+    # the net power is too (never 1.7.0 alone as if nothing were exported).
+    assert document["export_power_w"] is None
+    assert document["power_w"] is None
+    assert document["power_missing"]
     cumulated = json.loads(fetch(endpoint, "/api/electricity/cumulated").body, parse_float=Decimal)
     assert cumulated["value"] == Decimal("0.3")
 
@@ -340,11 +443,11 @@ def test_tariff_registers_are_summed_when_the_total_is_missing(endpoint):
 def test_historic_values_are_never_served_as_the_current_total(endpoint):
     last_month = "1-0:1.8.0*07"
     endpoint.publish(
-        make_readout(reg(last_month, "6334.294", "kWh"), reg("1-0:1.8.0*255", "8048.375", "kWh"))
+        make_values(reg(last_month, "6334.294", "kWh"), reg("1-0:1.8.0*255", "8048.375", "kWh"))
     )
     assert fetch(endpoint, "/api/electricity/cumulated").json()["value"] == 8048.375
 
-    endpoint.publish(make_readout(reg(last_month, "6334.294", "kWh"), reg("1.7.0", "0.2", "kW")))
+    endpoint.publish(make_values(reg(last_month, "6334.294", "kWh"), reg("1.7.0", "0.2", "kW")))
     response = fetch(endpoint, "/api/electricity/cumulated")
     assert response.status == 503
     assert "1.8.0" in response.json()["error"]
@@ -366,7 +469,7 @@ def test_real_mt174_readout(endpoint):
     texts = [
         Reading(ObisCode.parse(code), None, None, text) for code, text in capture["text"].items()
     ]
-    endpoint.publish(make_readout(*numbers, *texts))
+    endpoint.publish(make_values(*numbers, *texts))
     document = json.loads(fetch(endpoint, "/api/v1/readings").body, parse_float=Decimal)
     obis = capture["obis"]
     assert document["import_kwh"] == Decimal(str(obis["1-0:1.8.0*255"]["value"]))  # not *07
@@ -406,7 +509,7 @@ def test_a_reading_turns_stale_as_time_passes():
 
 def test_staleness_follows_the_monotonic_clock_not_the_wall_clock(endpoint):
     # The wall clock of a Pi without RTC is years off until NTP: that must not matter.
-    endpoint.publish(make_readout(reg("1.8.0", "1", "kWh"), wall=datetime(1970, 1, 1, tzinfo=UTC)))
+    endpoint.publish(make_values(reg("1.8.0", "1", "kWh"), wall=datetime(1970, 1, 1, tzinfo=UTC)))
     response = fetch(endpoint, "/api/electricity/cumulated")
     assert response.status == 200
     assert response.json()["time"] == "1970-01-01T00:00:00Z"
@@ -642,9 +745,10 @@ def test_publish_never_waits_for_stuck_clients(endpoint):
             elif number % 3 == 1:
                 sock.sendall(b"GET /api/v1/readings HTTP/1.1\r\n\r\n")  # answer never read
             stuck.append(sock)
+        readings = [make_values(reg("1.8.0", str(number), "kWh")) for number in range(200)]
         start = time.monotonic()
-        for number in range(200):
-            endpoint.publish(make_readout(reg("1.8.0", str(number), "kWh")))
+        for values in readings:
+            endpoint.publish(values)
         assert time.monotonic() - start < 2.0  # 200 renders; no waiting on any client
         assert fetch(endpoint, "/api/electricity/cumulated").json()["value"] == 199
     finally:
@@ -823,7 +927,7 @@ def test_documented_templates_give_our_numbers_and_unavailable_without_a_fresh_r
 def test_documented_export_sensor_is_unavailable_for_a_meter_without_export():
     sensors = sensors_by_id(rest_config("/api/v1/readings"))
     with running() as endpoint:
-        endpoint.publish(make_readout(reg("1.8.0", "12.5", "kWh")))
+        endpoint.publish(make_values(reg("1.8.0", "12.5", "kWh")))
         body = fetch(endpoint, "/api/v1/readings").body
     assert render(sensors["iskra_me162_import"]["availability"], body) == "True"
     assert render(sensors["iskra_me162_export"]["availability"], body) == "False"

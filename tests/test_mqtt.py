@@ -7,12 +7,18 @@ readout. Values are checked by rendering each discovery config's ``value_templat
 (what Home Assistant does) against the state message. Expected values of the real captures come
 from ``../shared/testdata/expected.json``, not from the code under test.
 
+The sink renders the derive stage's :class:`~iskra_me162.derive.Values` and computes nothing
+itself: every readout here is derived first, by a fresh deriver unless a test needs power from
+counters (two readouts at least 30 s apart). That the derive stage computes the right values is
+tests/test_derive.py's business; here, that the messages show them.
+
 Runs with paho-mqtt 2.x and 1.6 alike (the sink supports both); the tests themselves only use
 the API common to both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,12 +35,14 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from iskra_me162.derive import Values
 from iskra_me162.errors import ConfigError, SinkError
 from iskra_me162.obis import ObisCode, Reading
 from iskra_me162.protocols.iec62056_21 import parse_data_lines, parse_readout
 from iskra_me162.readout import MeterIdentity, Readout
 from iskra_me162.sinks import mqtt_messages as messages
 from tests.broker import Broker, Observer, Received, free_port, make_tls_files
+from tests.readouts import make_deriver, make_readout
 from tests.testdata import TESTDATA, captures, expected, require_testdata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +76,23 @@ def me162_readout(
 def simple_readout(import_kwh: str, identity: MeterIdentity = ME162, power_kw: str = "") -> Readout:
     lines = f"1.8.0({import_kwh}*kWh)\r\n" + (f"1.7.0({power_kw}*kW)\r\n" if power_kw else "")
     return Readout(identity, parse_data_lines(lines + "!\r\n"), datetime.now(UTC), time.monotonic())
+
+
+def values_of(readout: Readout) -> Values:
+    """The values of ``readout`` alone (a fresh deriver: no earlier readout, no state file).
+
+    Each readout derived on its own, so that the sink's own checks (a total lower than the
+    one published before) are reached at all: one deriver would reject such a readout first.
+    """
+    return make_deriver().derive(readout)
+
+
+def me162_values(*args: str, **kwargs: object) -> Values:
+    return values_of(me162_readout(*args, **kwargs))  # type: ignore[arg-type]
+
+
+def simple_values(*args: str, **kwargs: object) -> Values:
+    return values_of(simple_readout(*args, **kwargs))  # type: ignore[arg-type]
 
 
 # --- Home Assistant's MQTT sensor schema ---------------------------------------------------------
@@ -132,6 +157,9 @@ def check_ha_sensor_config(topic: str, payload: bytes, discovery_prefix: str) ->
     assert config["payload_available"] == "online"
     assert config["payload_not_available"] == "offline"
     assert config["qos"] in (0, 1, 2)
+    # Home Assistant shows the sensor unavailable when no state came for that long.
+    expire_after = config["expire_after"]
+    assert type(expire_after) is int and expire_after > 0, expire_after
     device = config["device"]
     assert isinstance(device, dict) and set(device) <= HA_DEVICE_KEYS
     identifiers = device["identifiers"]
@@ -164,7 +192,15 @@ def rendered_values(configs: dict[str, dict], state_payload: bytes) -> dict[str,
 
 
 def expected_entities(obis: dict[str, dict]) -> dict[str, Decimal]:
-    """Entity key -> value in kWh / W for the registers listed in expected.json."""
+    """Entity key -> value in kWh / W for the registers listed in expected.json, from one
+    readout.
+
+    Tariff sensors only for a direction whose tariff registers say more than its total: not
+    when all of them are 0, nor when tariff 1 alone counts and equals the total (the MT175 and
+    most SML meters repeat the total there). Power is the net power: 16.7.0, else 1.7.0 minus
+    2.7.0; 1.7.0 alone only for a meter that counts no export (otherwise its export power
+    needs a second readout's counters, and one readout has no power).
+    """
     energy = {"Wh": Decimal("0.001"), "kWh": Decimal(1), None: Decimal(1), "": Decimal(1)}
     power = {"W": Decimal(1), "kW": Decimal(1000), None: Decimal(1000), "": Decimal(1000)}
     current: dict[tuple[int, int, int], tuple[Decimal, str | None]] = {}
@@ -186,22 +222,27 @@ def expected_entities(obis: dict[str, dict]) -> dict[str, Decimal]:
             result[name] = total[0] * energy[total[1]]
         elif tariffs:
             result[name] = sum(tariffs.values(), Decimal(0))
-        for tariff, value in tariffs.items():
-            result[f"{name}_t{tariff}"] = value
+        counting = {tariff: value for tariff, value in tariffs.items() if value != 0}
+        if counting and counting != {1: result[name]}:
+            for tariff, value in tariffs.items():
+                result[f"{name}_t{tariff}"] = value
     signed = current.get((16, 7, 0))
     importing, exporting = current.get((1, 7, 0)), current.get((2, 7, 0))
     if signed is not None:
         result["power"] = signed[0] * power[signed[1]]
-    elif importing is not None or exporting is not None:
-        result["power"] = (importing[0] * power[importing[1]] if importing else 0) - (
-            exporting[0] * power[exporting[1]] if exporting else 0
-        )
+    elif importing is not None and exporting is not None:
+        result["power"] = importing[0] * power[importing[1]] - exporting[0] * power[exporting[1]]
+    elif importing is not None and "export" not in result:
+        result["power"] = importing[0] * power[importing[1]]
     return result
 
 
 def capture_readout(name: str) -> Readout:
+    """The readout of a real capture, taken now (by the monotonic clock: the sink republishes
+    only fresh readings)."""
     raw = (TESTDATA / name).read_bytes()
     now = datetime(2026, 5, 1, 12, 0, 3, tzinfo=UTC)
+    monotonic = time.monotonic()
     if name.startswith("sml/"):
         from iskra_me162.protocols.sml import (
             SmlStreamReader,
@@ -218,22 +259,29 @@ def capture_readout(name: str) -> Readout:
             if frame is None:  # the capture whose serial the source redacted (bad CRC)
                 assert reader.crc_errors == 1
                 frame = decode_bare_messages(raw[8 : len(raw) - 8 - raw[-3]])
-        return frame_to_readout(frame, now, 100.0)
+        return frame_to_readout(frame, now, monotonic)
     identification, readings = parse_readout(raw)
     serial = next(
         (r.raw for r in readings if r.code.cde in ("96.1.0", "0.0.0") and r.value is None), ""
     )
     if identification is None:
-        return Readout(MeterIdentity("", "", serial), readings, now, 100.0)
+        return Readout(MeterIdentity("", "", serial), readings, now, monotonic)
     identity = MeterIdentity(identification.manufacturer, identification.ident, serial)
-    return Readout(identity, readings, now, 100.0)
+    return Readout(identity, readings, now, monotonic)
 
 
-def render_all(readout: Readout, prefix: str = "iskra-me162", discovery: str = "homeassistant"):
-    topics = messages.Topics(prefix, readout.identity.meter_id, discovery)
-    values = messages.entity_values(readout)
-    configs = messages.discovery_configs(readout.identity, values, topics, "1.0")
-    state = messages.render_state(readout, topics, messages.TotalsGuard("x"), values, False)
+def render_all(
+    reading: Readout | Values,
+    prefix: str = "iskra-me162",
+    discovery: str = "homeassistant",
+    expire_after: int = 180,
+):
+    """Discovery configs and the state of one reading (a readout is derived on its own)."""
+    values = values_of(reading) if isinstance(reading, Readout) else reading
+    topics = messages.Topics(prefix, values.identity.meter_id, discovery)
+    entities = messages.entity_values(values)
+    configs = messages.discovery_configs(values.identity, entities, topics, "1.0", expire_after)
+    state = messages.render_state(values, topics, messages.TotalsGuard("x"), entities, False)
     return topics, configs, state
 
 
@@ -281,7 +329,7 @@ def test_me162_entities_device_and_state():
         "iskra_me162_63355730_import",
         "iskra_me162_63355730_import_t1",
         "iskra_me162_63355730_import_t2",
-    ]  # no power entity: the ME162 sends no power register
+    ]  # no power entity: no power registers, and one readout gives no power from counters
     device = next(iter(parsed.values()))["device"]
     assert device == {
         "identifiers": ["iskra_me162_63355730"],
@@ -344,6 +392,137 @@ def test_import_total_from_tariffs_when_the_meter_sends_no_total():
         "import_t1": Decimal("100.5"),
         "import_t2": Decimal("20.25"),
     }
+
+
+def counter_only_values(identity: MeterIdentity = ME162) -> Values:
+    """An ME162-like meter (only 1.8.0): 7.5 Wh in 60 s, so 450 W from its counters."""
+    deriver = make_deriver()
+    now = time.monotonic()
+    deriver.derive(make_readout(now - 60, {"1.8.0": "100.000"}, identity=identity))
+    return deriver.derive(make_readout(now, {"1.8.0": "100.0075"}, identity=identity))
+
+
+def test_a_counter_only_meter_gets_a_power_sensor_and_power_in_its_state():
+    values = counter_only_values()
+    assert values.net_power is not None, values.power_missing  # the derive stage's figure
+    _topics, configs, state = render_all(values)
+    parsed = {t: check_ha_sensor_config(t, b, "homeassistant") for t, b in configs.items()}
+    (power,) = [config for config in parsed.values() if config["unique_id"].endswith("_power")]
+    assert (power["unit_of_measurement"], power["device_class"], power["state_class"]) == (
+        "W",
+        "power",
+        "measurement",
+    )
+    document = json.loads(state.messages[0].payload, parse_float=Decimal)
+    assert document["power_w"] == values.net_power.watts
+    assert abs(document["power_w"] - 450) < Decimal("0.01")
+    got = rendered_values(parsed, state.messages[0].payload)
+    assert set(got) == {"import", "power"}
+    assert got["import"] == Decimal("100.0075")
+
+
+@pytest.mark.parametrize(
+    ("registers", "sensors"),
+    [
+        pytest.param(
+            {"1.8.0": ("15338555.7", "Wh"), "1.8.1": ("15338555.7", "Wh"), "1.8.2": ("0", "Wh"),
+             "16.7.0": ("563.5", "W")},
+            {"import", "power"},
+            id="MT175 repeats its total in 1.8.1",
+        ),
+        pytest.param(
+            {"1.8.0": "7408.252", "1.8.1": "5123.101", "1.8.2": "2285.151", "2.8.0": "1532.007",
+             "2.8.1": "1000.000", "2.8.2": "532.007", "1.7.0": "0.412", "2.7.0": "0.1"},
+            {"import", "import_t1", "import_t2", "export", "export_t1", "export_t2", "power"},
+            id="a real two-tariff meter",
+        ),
+        pytest.param(
+            {"1.8.0": "500", "1.8.1": "0", "1.8.2": "0", "2.8.0": "20", "2.8.1": "20",
+             "2.8.2": "0"},
+            {"import", "export"},
+            id="tariff registers that never counted, or only repeat the total",
+        ),
+    ],
+)  # fmt: skip
+def test_tariff_sensors_only_for_a_meter_that_really_counts_per_tariff(registers, sensors):
+    readout = make_readout(time.monotonic(), registers)
+    _topics, configs, state = render_all(readout)
+    parsed = {t: check_ha_sensor_config(t, b, "homeassistant") for t, b in configs.items()}
+    prefix = f"iskra_me162_{readout.identity.meter_id}_"
+    assert {config["unique_id"].removeprefix(prefix) for config in parsed.values()} == sensors
+    document = json.loads(state.messages[0].payload)
+    tariff_fields = {key for key in document if re.fullmatch(r"(import|export)_t\d_kwh", key)}
+    assert tariff_fields == {f"{key}_kwh" for key in sensors if "_t" in key}
+    # The tariff registers themselves are still published, as registers.
+    assert {"1.8.1", "1.8.2"} <= set(document["registers"])
+
+
+def din_43863_5_number(server_id: str) -> str:
+    """The meter number printed on the front, from a 10-byte SML server id (hex): medium,
+    manufacturer flag, fabrication block (2 digits), serial (8 digits)."""
+    raw = bytes.fromhex(server_id)
+    return f"{raw[1]}{raw[2:5].decode('ascii')}{raw[5]:02d}{int.from_bytes(raw[6:], 'big'):08d}"
+
+
+def test_an_sml_meter_is_named_after_the_number_on_its_front():
+    identity = MeterIdentity("ISK", "", "0a0149534b0004812d55")
+    readout = make_readout(
+        time.monotonic(),
+        {"1.8.0": ("5672051.4", "Wh"), "16.7.0": ("196", "W")},
+        identity=identity,
+    )
+    _topics, configs, _state = render_all(readout)
+    parsed = {t: check_ha_sensor_config(t, b, "homeassistant") for t, b in configs.items()}
+    assert {json.dumps(config["device"]) for config in parsed.values()} == {
+        json.dumps(
+            {
+                # unchanged: the device Home Assistant already has stays the same device
+                "identifiers": ["iskra_me162_0a0149534b0004812d55"],
+                "name": "Iskraemeco 1ISK0075574613",
+                "manufacturer": "Iskraemeco",
+                "serial_number": "1ISK0075574613",
+            }
+        )
+    }
+    assert din_43863_5_number(identity.serial) == "1ISK0075574613"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sml/iskra_0005020de2_msgonly__sml2mqtt.bin",
+        "sml/dzg_0282c0b0__smllib.bin",
+        "sml/holley_hly_020424a0__smllib.bin",
+        pytest.param(
+            "sml/iskra_04812d55_msgonly__smllib.bin",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="MeterIdentity.number (readout.py) decodes only server ids that start "
+                "with 0x0a (DIN 43863-5:2012); this real ISKRA meter sends the 2010-07 form "
+                "09 01 'ISK' 00 04812d55, the same layout, and its device is named after the "
+                "raw hex instead of 1ISK0075574613",
+            ),
+        ),
+        pytest.param(
+            "sml/emh_ehz-41f045__smartmeter-obis.bin",
+            marks=pytest.mark.xfail(
+                strict=True, reason="the same: server id 09 01 'EMH' 00 0041f045"
+            ),
+        ),
+    ],
+)
+def test_real_sml_meters_are_named_after_their_din_43863_5_number(name):
+    require_testdata()
+    readout = capture_readout(name)
+    server_id = readout.identity.serial
+    assert len(server_id) == 20, server_id
+    number = din_43863_5_number(server_id)
+    _topics, configs, _state = render_all(readout)
+    for config in configs.values():
+        device = json.loads(config)["device"]
+        assert device["serial_number"] == number
+        assert device["name"].endswith(f" {number}")
+        assert device["identifiers"] == [f"iskra_me162_{server_id}"]
 
 
 @pytest.mark.parametrize(
@@ -414,11 +593,13 @@ def test_the_guard_holds_back_lower_and_negative_totals_and_logs_once(caplog):
 def test_held_back_total_keeps_the_last_value_in_the_state():
     topics = messages.Topics("p", ME162.meter_id, "homeassistant")
     guard = messages.TotalsGuard(ME162.meter_id)
-    first = messages.render_state(simple_readout("100.5"), topics, guard, (), False)
+    first = messages.render_state(simple_values("100.5"), topics, guard, (), False)
     for message in first.messages:
         guard.record(message.totals)
-    entities = messages.entity_values(simple_readout("100.5"))
-    lower = messages.render_state(simple_readout("100.4"), topics, guard, entities, False)
+    entities = messages.entity_values(simple_values("100.5"))
+    # Derived on its own: one deriver would reject the lower counter before any sink saw it;
+    # the guard is the sink's own defence (a restarted daemon has no earlier readout).
+    lower = messages.render_state(simple_values("100.4"), topics, guard, entities, False)
     document = json.loads(lower.messages[0].payload)
     assert document["import_kwh"] == 100.5
     assert "1.8.0" not in document["registers"]
@@ -429,13 +610,13 @@ def test_held_back_total_keeps_the_last_value_in_the_state():
 def test_announced_entity_missing_from_a_readout_keeps_its_field():
     topics = messages.Topics("p", ME162.meter_id, "homeassistant")
     guard = messages.TotalsGuard(ME162.meter_id)
-    with_power = simple_readout("10", power_kw="0.5")
+    with_power = simple_values("10", power_kw="0.5")
     first = messages.render_state(with_power, topics, guard, (), False)
     for message in first.messages:
         guard.record(message.totals)
     entities = set(messages.entity_values(with_power))
-    readout = Readout(ME162, parse_data_lines("!\r\n"), datetime.now(UTC), 2.0)
-    document = json.loads(messages.render_state(readout, topics, guard, entities, False)
+    empty = values_of(Readout(ME162, parse_data_lines("!\r\n"), datetime.now(UTC), 2.0))
+    document = json.loads(messages.render_state(empty, topics, guard, entities, False)
                           .messages[0].payload)  # fmt: skip
     assert document["import_kwh"] == 10  # last total: no change for Home Assistant
     assert document["power_w"] is None  # renders "None": unknown in Home Assistant
@@ -602,8 +783,9 @@ def state_of(observer: Observer, topic: str, after: float = 0.0, **accept) -> di
 def test_discovery_state_and_plain_topics_on_the_broker(broker, observers, sinks):
     observer = observers(broker)
     sink = sinks(broker)
-    readout = me162_readout()
-    result = sink.publish(readout)
+    values = me162_values()
+    readout = values.readout
+    result = sink.publish(values)
     assert result.sent and result.held_back == ()
     assert sink.flush(10)
     topics = messages.Topics("iskra-me162", "63355730", "homeassistant")
@@ -650,7 +832,7 @@ def test_real_captures_through_the_broker(broker, observers, sinks, name):
     readout = capture_readout(name)
     observer = observers(broker)
     sink = sinks(broker, topic_prefix="meters/house", discovery_prefix="ha-test")
-    assert sink.publish(readout).sent
+    assert sink.publish(values_of(readout)).sent
     assert sink.flush(10)
     topics = messages.Topics("meters/house", readout.identity.meter_id, "ha-test")
     want = expected_entities(expected()[name]["obis"])
@@ -671,7 +853,7 @@ def test_real_captures_through_the_broker(broker, observers, sinks, name):
 
 def test_retained_states_when_asked(broker, observers, sinks):
     sink = sinks(broker, retain=True)
-    assert sink.publish(me162_readout()).sent
+    assert sink.publish(me162_values()).sent
     assert sink.flush(10)
     late = observers(broker)
     topics = messages.Topics("iskra-me162", "63355730", "homeassistant")
@@ -685,13 +867,13 @@ def test_retained_states_when_asked(broker, observers, sinks):
 def test_close_publishes_offline(broker, observers, sinks):
     observer = observers(broker)
     sink = sinks(broker)
-    sink.publish(me162_readout())
+    sink.publish(me162_values())
     topics = messages.Topics("iskra-me162", "63355730", "homeassistant")
     observer.wait_for_message(topics.availability, accept=lambda m: m.text == "online")
     sink.close()
     observer.wait_for_message(topics.availability, accept=lambda m: m.text == "offline")
     with pytest.raises(SinkError, match="closed"):
-        sink.publish(me162_readout())
+        sink.publish(me162_values())
     late = observers(broker)
     late.wait_for_message(topics.availability, accept=lambda m: m.retain and m.text == "offline")
 
@@ -705,7 +887,7 @@ def test_close_while_connecting_never_leaves_the_meter_online(tls_broker, observ
     for attempt in range(20):
         identity = MeterIdentity("ISK", "ME162-0033", f"race{attempt}")
         sink = sinks(tls_broker, tls=True, ca_file=ca_file, first_connect_wait=0.0)
-        sink.publish(simple_readout("1.5", identity=identity))
+        sink.publish(simple_values("1.5", identity=identity))
         time.sleep(attempt * 0.001)
         started = time.monotonic()
         sink.close()
@@ -721,6 +903,7 @@ def test_last_will_marks_the_meter_offline_when_the_process_dies(broker, observe
         f"""
         import time
         from datetime import UTC, datetime
+        from iskra_me162.derive import Deriver
         from iskra_me162.protocols.iec62056_21 import parse_data_lines
         from iskra_me162.readout import MeterIdentity, Readout
         from iskra_me162.sinks.mqtt import MqttSink
@@ -728,7 +911,8 @@ def test_last_will_marks_the_meter_offline_when_the_process_dies(broker, observe
         readings = parse_data_lines("1.8.0(0000012.500*kWh)\\r\\n!\\r\\n")
         readout = Readout(MeterIdentity("ISK", "ME162-0033", "will-test"), readings,
                           datetime.now(UTC), time.monotonic())
-        assert sink.publish(readout).sent
+        values = Deriver(min_span_s=30.0, max_span_s=900.0).derive(readout)
+        assert sink.publish(values).sent
         assert sink.flush(10)
         print("published", flush=True)
         time.sleep(120)
@@ -764,7 +948,7 @@ def test_home_assistant_birth_republishes_discovery(
 ):
     observer = observers(broker)
     sink = sinks(broker, discovery_prefix=discovery_prefix)
-    sink.publish(me162_readout())
+    sink.publish(me162_values())
     assert sink.flush(10)
     prefix = f"{discovery_prefix}/sensor/"
     observer.wait_for(lambda seen: len([m for m in seen if m.topic.startswith(prefix)]) == 6,
@@ -793,7 +977,7 @@ def test_broker_restart_mid_run(broker, observers, sinks, caplog):
     sink = sinks(broker, retain=True)
     topics = messages.Topics("iskra-me162", "63355730", "homeassistant")
     observer = observers(broker)
-    assert sink.publish(simple_readout("100.000")).sent
+    assert sink.publish(simple_values("100.000")).sent
     assert state_of(observer, topics.state, import_kwh=100)
     broker.stop()
     # The broker is away: the meter loop goes on, every publish returns at once, and the
@@ -802,7 +986,7 @@ def test_broker_restart_mid_run(broker, observers, sinks, caplog):
     for step in range(200):
         started = time.monotonic()
         try:
-            result = sink.publish(simple_readout(f"{100 + step + 1}.000"))
+            result = sink.publish(simple_values(f"{100 + step + 1}.000"))
             assert not result.sent
         except SinkError as error:
             problems.add(str(error))
@@ -825,8 +1009,91 @@ def test_broker_restart_mid_run(broker, observers, sinks, caplog):
     assert states == [300]
     assert len([m for m in after_restart.messages if m.topic.startswith("homeassistant/")]) == 1
     assert sink.connected
-    assert sink.publish(simple_readout("301.000")).sent
+    assert sink.publish(simple_values("301.000")).sent
     assert state_of(after_restart, topics.state, import_kwh=301)
+
+
+def test_a_reading_older_than_expire_after_is_not_republished_after_a_reconnect(
+    broker, observers, sinks
+):
+    # expire_after 2 s: what Home Assistant would already show as unavailable must not come
+    # back as current when the broker returns.
+    sink = sinks(broker, retain=True, stale_after=2.5)
+    topics = messages.Topics("iskra-me162", "63355730", "homeassistant")
+    observer = observers(broker)
+    assert sink.publish(simple_values("100.000")).sent
+    assert state_of(observer, topics.state, import_kwh=100)
+    broker.stop()
+    deadline = time.monotonic() + 10
+    while sink.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sink.connected
+    with contextlib.suppress(SinkError):  # the broker is away: reported, or only not sent
+        assert not sink.publish(simple_values("200.000")).sent  # kept for the reconnect
+    time.sleep(3.0)  # the kept reading is older than expire_after now
+    broker.start()
+    after_restart = observers(broker)  # retained messages: it sees what came before it too
+    after_restart.wait_for_message(topics.availability, accept=lambda m: m.text == "online")
+    # The discovery configs come again (the broker forgot them), with expire_after ...
+    after_restart.wait_for(
+        lambda seen: len([m for m in seen if m.topic.startswith("homeassistant/")]) == 1,
+        what="the discovery config again",
+    )
+    assert sink.flush(10)
+    time.sleep(0.5)
+    for message in after_restart.messages:
+        if message.topic.startswith("homeassistant/"):
+            assert json.loads(message.payload)["expire_after"] == 2
+    # ... but not the old reading: no state, no register.
+    assert after_restart.on(topics.state) == []
+    assert after_restart.on(topics.register("1.8.0")) == []
+    # The next reading goes out as usual.
+    assert sink.publish(simple_values("201.000")).sent
+    assert state_of(after_restart, topics.state, import_kwh=201)
+
+
+@pytest.mark.parametrize(("stale_after", "expire_after"), [(150.7, 150), (60, 60)])
+def test_discovery_carries_expire_after_from_the_freshness_rule(
+    broker, observers, sinks, stale_after, expire_after
+):
+    observer = observers(broker)
+    sink = sinks(broker, stale_after=stale_after)
+    assert sink.publish(me162_values()).sent
+    assert sink.flush(10)
+    observer.wait_for(lambda seen: len([m for m in seen if m.topic.startswith("homeassistant/")])
+                      == 6, what="the discovery configs")  # fmt: skip
+    configs = [
+        check_ha_sensor_config(m.topic, m.payload, "homeassistant")
+        for m in observer.messages
+        if m.topic.startswith("homeassistant/")
+    ]
+    assert [config["expire_after"] for config in configs] == [expire_after] * 6
+
+
+def test_a_counter_only_meter_gets_its_power_sensor_on_the_broker(broker, observers, sinks):
+    observer = observers(broker)
+    sink = sinks(broker)
+    deriver = make_deriver()
+    now = time.monotonic()
+    first = deriver.derive(make_readout(now - 60, {"1.8.0": "100.000"}, identity=ME162))
+    second = deriver.derive(make_readout(now, {"1.8.0": "100.0075"}, identity=ME162))
+    topics = messages.Topics("iskra-me162", "63355730", "homeassistant")
+    power_topic = "homeassistant/sensor/iskra_me162_63355730_power/config"
+    assert sink.publish(first).sent  # one readout: no power yet, no power sensor yet
+    assert state_of(observer, topics.state)["import_kwh"] == 100
+    assert observer.on(power_topic) == []
+    assert sink.publish(second).sent  # the second brings the power, and its sensor
+    config = check_ha_sensor_config(
+        power_topic, observer.wait_for_message(power_topic).payload, "homeassistant"
+    )
+    assert (config["unit_of_measurement"], config["device_class"], config["state_class"]) == (
+        "W",
+        "power",
+        "measurement",
+    )
+    state = observer.wait_for_message(topics.state, accept=lambda m: b"power_w" in m.payload)
+    assert json.loads(state.payload, parse_float=Decimal)["power_w"] == second.net_power.watts
+    assert abs(Decimal(render(config["value_template"], state.payload)) - 450) < Decimal("0.01")
 
 
 def test_wrong_password_is_a_clear_error_and_the_password_is_never_shown(
@@ -837,7 +1104,7 @@ def test_wrong_password_is_a_clear_error_and_the_password_is_never_shown(
     errors = []
     for _ in range(3):
         with pytest.raises(SinkError) as caught:
-            sink.publish(me162_readout())
+            sink.publish(me162_values())
         errors.append(str(caught.value))
         time.sleep(0.3)
     assert errors[0] == errors[1] == errors[2]  # one stable line: the daemon logs it once
@@ -845,9 +1112,9 @@ def test_wrong_password_is_a_clear_error_and_the_password_is_never_shown(
     assert not sink.connected
     no_login = sinks(password_broker)
     with pytest.raises(SinkError, match="wants a login"):
-        no_login.publish(me162_readout())
+        no_login.publish(me162_values())
     good = sinks(password_broker, username="meter", password=PASSWORD)
-    assert good.publish(me162_readout()).sent
+    assert good.publish(me162_values()).sent
     assert good.flush(10)
     for sink_ in (sink, no_login, good):
         sink_.close()
@@ -863,7 +1130,7 @@ def test_wrong_password_is_a_clear_error_and_the_password_is_never_shown(
 def test_password_never_reaches_the_broker_topics(password_broker, observers, sinks):
     observer = observers(password_broker, username="meter", password=PASSWORD)
     sink = sinks(password_broker, username="meter", password=PASSWORD, retain=True)
-    assert sink.publish(me162_readout()).sent
+    assert sink.publish(me162_values()).sent
     assert sink.flush(10)
     observer.wait_for_message("iskra-me162/63355730/F.F")
     assert all(PASSWORD.encode() not in m.payload and PASSWORD not in m.topic
@@ -874,12 +1141,12 @@ def test_unreachable_broker_never_blocks_the_meter_loop(sinks):
     sink = sinks("127.0.0.1", free_port(), first_connect_wait=1.0)
     started = time.monotonic()
     with pytest.raises(SinkError, match="refused the connection"):
-        sink.publish(me162_readout())
+        sink.publish(me162_values())
     assert time.monotonic() - started < 5.0  # at most the first connection's wait
     for _ in range(5):
         started = time.monotonic()
         with pytest.raises(SinkError, match="refused the connection"):
-            sink.publish(me162_readout())
+            sink.publish(me162_values())
         assert time.monotonic() - started < 1.0
     started = time.monotonic()
     sink.close()
@@ -890,7 +1157,7 @@ def test_unknown_host_is_named(sinks):
     sink = sinks("no-such-host.invalid", 1883)
     expected_error = re.escape("host name 'no-such-host.invalid' was not found")
     with pytest.raises(SinkError, match=expected_error):
-        sink.publish(me162_readout())
+        sink.publish(me162_values())
 
 
 def test_lower_total_is_held_back_on_the_broker(broker, observers, sinks, caplog):
@@ -898,10 +1165,10 @@ def test_lower_total_is_held_back_on_the_broker(broker, observers, sinks, caplog
     observer = observers(broker)
     sink = sinks(broker)
     topics = messages.Topics("iskra-me162", "63355730", "homeassistant")
-    assert sink.publish(simple_readout("100.000")).held_back == ()
-    held = sink.publish(simple_readout("99.500"))
+    assert sink.publish(simple_values("100.000")).held_back == ()
+    held = sink.publish(simple_values("99.500"))
     assert held.sent and sorted(held.held_back) == ["1.8.0", "import_kwh"]
-    assert sink.publish(simple_readout("101.000")).held_back == ()
+    assert sink.publish(simple_values("101.000")).held_back == ()
     assert sink.flush(10)
     observer.wait_for(lambda seen: len([m for m in seen if m.topic == topics.state]) == 3,
                       what="three states")  # fmt: skip
@@ -918,11 +1185,11 @@ def test_another_meter_replaces_the_first(broker, observers, sinks):
     observer = observers(broker)
     sink = sinks(broker)
     first, second = ME162, MeterIdentity("ISK", "ME162-0033", "99999999")
-    assert sink.publish(me162_readout(identity=first)).sent
+    assert sink.publish(me162_values(identity=first)).sent
     observer.wait_for_message("iskra-me162/63355730/availability", accept=lambda m: m.text ==
                               "online")  # fmt: skip
     mark = time.monotonic()
-    assert sink.publish(me162_readout(identity=second)).sent
+    assert sink.publish(me162_values(identity=second)).sent
     observer.wait_for_message("iskra-me162/63355730/availability", after=mark,
                               accept=lambda m: m.text == "offline")  # fmt: skip
     observer.wait_for_message("iskra-me162/99999999/availability", accept=lambda m: m.text ==
@@ -943,7 +1210,7 @@ def test_tls_with_the_ca_file(tls_broker, observers, sinks):
     assert tls_broker.tls is not None
     observer = observers(tls_broker)
     sink = sinks(tls_broker, tls=True, ca_file=str(tls_broker.tls.ca_cert))
-    assert sink.publish(me162_readout()).sent
+    assert sink.publish(me162_values()).sent
     state = state_of(observer, "iskra-me162/63355730/state")
     assert state["import_kwh"] == 7408.252
 
@@ -951,7 +1218,7 @@ def test_tls_with_the_ca_file(tls_broker, observers, sinks):
 def test_tls_without_the_ca_is_not_trusted(tls_broker, sinks):
     sink = sinks(tls_broker, tls=True)  # the system's CAs do not know our test CA
     with pytest.raises(SinkError, match=r"TLS certificate .* is not trusted .*mqtt_ca_file"):
-        sink.publish(me162_readout())
+        sink.publish(me162_values())
 
 
 def test_tls_certificate_for_another_name_is_explained(tmp_path, paho_installed, sinks):
@@ -959,17 +1226,17 @@ def test_tls_certificate_for_another_name_is_explained(tmp_path, paho_installed,
     with Broker(tmp_path / "tls-broker", tls=files) as running:
         sink = sinks(running, tls=True, ca_file=str(files.ca_cert))
         with pytest.raises(SinkError, match="is for another host name"):
-            sink.publish(me162_readout())
+            sink.publish(me162_values())
 
 
 def test_plain_mqtt_to_a_tls_port_explains_itself(tls_broker, sinks):
     sink = sinks(tls_broker)
     with pytest.raises(SinkError, match="mqtt_tls"):
-        sink.publish(me162_readout())
+        sink.publish(me162_values())
 
 
 def test_tls_to_a_plain_port_explains_itself(broker, tmp_path, sinks):
     files = make_tls_files(tmp_path / "tls-client")
     sink = sinks(broker, tls=True, ca_file=str(files.ca_cert))
     with pytest.raises(SinkError, match="TLS"):
-        sink.publish(me162_readout())
+        sink.publish(me162_values())
