@@ -18,6 +18,9 @@ every input is decoded by both and the values compared: a disagreement is an err
   DSMR telegrams like any other readout and checks no CRC: the daemon reads no DSMR meter)
   against ``dsmr-parser``'s ``TelegramParser(V5, apply_checksum_validation=False).parse``
   over the four DSMR captures: both give every register with a ``Decimal`` value and its unit.
+
+The figures are information, not goals to optimise for: the decoders are written the plain way
+(one decode path each), and the only line held is that none falls below its peer (>= 1x).
 """
 
 from __future__ import annotations
@@ -485,7 +488,7 @@ def dsmr_contest(section: Section) -> Contest | None:
 
 # --- the section -------------------------------------------------------------------------------
 
-GOALS = {"smllib": 3.0, "default": 2.0}
+GOAL = 1.0  # not below the peer: a floor, not a target (see the module docstring)
 
 
 def run(quick: bool) -> Section:
@@ -502,11 +505,10 @@ def run(quick: bool) -> Section:
     for contest in contests:
         ours, theirs = best_of(contest, rounds, min_time)
         ratio = ours / theirs
-        goal = GOALS["smllib"] if "smllib" in contest.name else GOALS["default"]
         section.add(f"{contest.name}: ours", ours, f"{contest.unit}/s")
         section.add(f"{contest.name}: theirs", theirs, f"{contest.unit}/s")
         section.add(
-            f"{contest.name}: ratio", ratio, "x", goal=f">= {goal:g}" if contest.goal else ""
+            f"{contest.name}: ratio", ratio, "x", goal=f">= {GOAL:g}" if contest.goal else ""
         )
         results[contest.name] = {
             "items_per_pass": contest.items,
