@@ -223,7 +223,7 @@ def test_systemd_notify_ready_status_and_watchdog(tmp_path):
     try:
         assert notify.wait_for("READY=1")
         status_line = notify.wait_for("STATUS=ME162", timeout=30)
-        assert "1.8.0" in status_line
+        assert "import " in status_line and " kWh" in status_line
         notify.messages.clear()
         notify.wait_for("WATCHDOG=1", timeout=5)
     finally:

@@ -128,6 +128,11 @@ def test_counter_power_over_the_interval():
     assert values.power_missing == ""
 
 
+def test_counter_power_is_in_whole_watts_rounded_half_up():
+    assert watts(derive_pair({"1.8.0": "100.0075"}, {"1.8.0": "100"}, 61).import_power) == 443
+    assert watts(derive_pair({"1.8.0": "100.001"}, {"1.8.0": "100"}, 48).import_power) == 75
+
+
 def test_counter_power_in_both_directions():
     values = derive_pair(
         {"1.8.0": "100.001", "2.8.0": "50.004"}, {"1.8.0": "100.000", "2.8.0": "50.000"}, 36
@@ -275,7 +280,7 @@ def test_state_file_is_written_without_any_sink_and_power_continues_after_a_rest
     restarted = make_deriver(state_path=str(path))  # a few seconds later
     values = restarted.derive(make_readout(65, {"1.8.0": "100.00825"}))
     assert values.import_power.span_s == 65  # from the older snapshot: long enough
-    assert watts(values.import_power) == W("8.25") * 3600 / 65
+    assert watts(values.import_power) == 457  # 8.25 Wh in 65 s, in whole watts
 
 
 def test_state_file_of_another_boot_is_not_used(tmp_path, caplog):

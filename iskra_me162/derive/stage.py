@@ -21,7 +21,7 @@ Per readout, once:
 from __future__ import annotations
 
 import logging
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from iskra_me162.derive import registers
 from iskra_me162.derive.counters import (
@@ -225,7 +225,10 @@ def _counted(counted: CounterPower | None, direction: str, energy: Energy | None
     watts = counted.import_w if direction == "import" else counted.export_w
     if watts is None:
         return None
-    return Power(watts, FROM_COUNTERS, energy.source, counted.span_s)
+    # Whole watts: the figure is only good to 3600 / span W (60 W over a minute), and every
+    # sink then shows the same number (Domoticz can take no other).
+    whole = watts.to_integral_value(rounding=ROUND_HALF_UP)
+    return Power(whole, FROM_COUNTERS, energy.source, counted.span_s)
 
 
 def _names(found: frozenset[str]) -> str:

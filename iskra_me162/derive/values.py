@@ -53,7 +53,8 @@ class Energy:
 
 @dataclass(frozen=True, slots=True)
 class Power:
-    """A power figure in W (not rounded) and where it came from.
+    """A power figure in W and where it came from: exact as the meter sent it, or whole watts
+    from counter change.
 
     ``source`` is :data:`FROM_METER` or :data:`FROM_COUNTERS`; ``registers`` names them
     (``"1.7.0"``, ``"16.7.0"``, ``"1.8.0"``; ``""`` for an export power of 0 on a meter that
