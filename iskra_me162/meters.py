@@ -176,9 +176,9 @@ class IecMeter:
             try:
                 chunk = self.port.read_some(min(timeout, remaining))
             except MeterTimeout:
-                if received or leftover:  # it began and then stopped, or ran out of time
+                if time.monotonic() >= deadline:  # bytes kept coming, but never a message
                     raise MeterTimeout(_unfinished(what, limit, received)) from None
-                raise
+                raise  # the meter went silent
             received += chunk
             if SML_START in received:
                 raise WrongProtocol(PUSHES_SML)
@@ -189,10 +189,10 @@ class IecMeter:
 
 
 def _unfinished(what: str, limit: float, tail: bytes) -> str:
-    if not tail:
-        return f"the {what} did not finish (at most {limit:.0f} s)"
+    if not tail or what != "identification":
+        return f"the {what} did not finish within {limit:.0f} s"
     return (
-        f"the {what} did not finish (at most {limit:.0f} s) although bytes arrived (last: "
+        f"the {what} did not finish within {limit:.0f} s although bytes kept arriving (last: "
         f"{tail[-16:].hex(' ')}): if the meter sends by itself without being asked, it is "
         'an SML push meter (set protocol = "sml"); otherwise check the head and its alignment'
     )

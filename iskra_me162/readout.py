@@ -41,9 +41,10 @@ class MeterIdentity:
     def number(self) -> str:
         """The meter's number as printed on it.
 
-        An SML server id of 10 bytes is the DIN 43863-5 meter id: medium, manufacturer flag,
-        fabrication block, serial: ``0a 01 49534b 00 04812d55`` on the wire is ``1ISK0075574613``
-        on the meter's front. Anything else as it was sent.
+        An SML server id of 10 bytes is the DIN 43863-5 meter id: a type byte (``0a``; ``09`` in
+        the 2010 edition, which meters still send), medium, manufacturer flag, fabrication
+        block, serial: ``0a 01 49534b 00 04812d55`` on the wire is ``1ISK0075574613`` on the
+        meter's front. Anything else as it was sent.
         """
         serial = self.serial
         if len(serial) == 20:
@@ -52,7 +53,7 @@ class MeterIdentity:
             except ValueError:
                 return serial
             flag = raw[2:5]
-            if raw[0] == 0x0A and flag.isalpha() and flag.isascii():
+            if raw[0] in (0x09, 0x0A) and flag.isalpha() and flag.isascii():
                 serial_number = int.from_bytes(raw[6:], "big")
                 return f"{raw[1]}{flag.decode('ascii')}{raw[5]:02d}{serial_number:08d}"
         return serial or self.meter_id

@@ -493,22 +493,8 @@ def test_an_sml_meter_is_named_after_the_number_on_its_front():
         "sml/iskra_0005020de2_msgonly__sml2mqtt.bin",
         "sml/dzg_0282c0b0__smllib.bin",
         "sml/holley_hly_020424a0__smllib.bin",
-        pytest.param(
-            "sml/iskra_04812d55_msgonly__smllib.bin",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="MeterIdentity.number (readout.py) decodes only server ids that start "
-                "with 0x0a (DIN 43863-5:2012); this real ISKRA meter sends the 2010-07 form "
-                "09 01 'ISK' 00 04812d55, the same layout, and its device is named after the "
-                "raw hex instead of 1ISK0075574613",
-            ),
-        ),
-        pytest.param(
-            "sml/emh_ehz-41f045__smartmeter-obis.bin",
-            marks=pytest.mark.xfail(
-                strict=True, reason="the same: server id 09 01 'EMH' 00 0041f045"
-            ),
-        ),
+        "sml/iskra_04812d55_msgonly__smllib.bin",  # 09 01 ...: the 2010 edition's type byte
+        "sml/emh_ehz-41f045__smartmeter-obis.bin",
     ],
 )
 def test_real_sml_meters_are_named_after_their_din_43863_5_number(name):

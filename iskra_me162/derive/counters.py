@@ -28,7 +28,11 @@ from decimal import Decimal
 # usual 3 x 25..63 A is 17..44 kW), so no real reading is rejected, while a misread digit or a
 # meter swap (thousands of kWh at once) is always caught.
 DEFAULT_MAX_POWER_W = 100_000
-# Snapshots kept at most: a push meter sends a frame a second, and the window spans min_span_s.
+# Snapshots in the window are kept at least min_span_s / THINNING apart (the newest replaces the
+# one before it when they are closer): a push meter sends a frame a second whatever the update
+# interval, and a baseline a little older than min_span_s is as good. So a window holds about
+# THINNING + 2 snapshots; MAX_SNAPSHOTS bounds what a state file may bring.
+THINNING = 16
 MAX_SNAPSHOTS = 128
 
 
@@ -148,7 +152,13 @@ class CounterWindow:
 
     def add(self, snapshot: CounterSnapshot) -> None:
         """Append ``snapshot``; drop those older than the baseline it would need next."""
-        self._snapshots.append(snapshot)
+        snapshots = self._snapshots
+        if len(snapshots) >= 2 and (
+            snapshot.monotonic - snapshots[-2].monotonic < self.min_span_s / THINNING
+        ):
+            snapshots[-1] = snapshot  # too close to the one before: keep the window thin
+        else:
+            snapshots.append(snapshot)
         while (
             len(self._snapshots) >= 3
             and snapshot.monotonic - self._snapshots[1].monotonic >= self.min_span_s

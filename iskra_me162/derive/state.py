@@ -69,7 +69,7 @@ class StateStore:
         self._path = Path(path) if path else None
         self._boot_id = current_boot_id() if boot_id is None else boot_id
         self._warned: set[str] = set()
-        self._unchanged_key: str | None = None  # the content (minus times) now on disk
+        self._unchanged_key: str | None = None  # the content now on disk
 
     @property
     def path(self) -> Path | None:

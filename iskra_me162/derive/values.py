@@ -40,15 +40,16 @@ class Energy:
 
     @property
     def has_tariffs(self) -> bool:
-        """Whether the meter really counts per tariff.
+        """Whether the meter really counts per tariff: two tariff registers or more have
+        counted.
 
         Many meters (ISKRA MT175 and most SML meters) repeat the total in tariff 1 and send
-        tariff 2 as 0: those tariff registers say nothing the total does not, and publishing
-        them as sensors of their own invites counting the same energy twice. A dual-tariff
-        meter whose second tariff has never counted yet looks the same until it does.
+        tariff 2 as 0; others (ZPA GH305) put everything in tariff 2. Such tariff registers say
+        nothing the total does not, and publishing them as sensors of their own invites counting
+        the same energy twice. A dual-tariff meter whose second tariff has never counted yet
+        looks the same until it does.
         """
-        counting = {tariff: wh for tariff, wh in self.tariffs_wh if wh != 0}
-        return bool(counting) and counting != {1: self.total_wh}
+        return sum(1 for _, wh in self.tariffs_wh if wh != 0) >= 2
 
 
 @dataclass(frozen=True, slots=True)
