@@ -402,14 +402,14 @@ class Daemon:
         except Shutdown:
             raise
         except PortError as error:
-            self.problems.problem("meter", f"{error}; retrying")
+            self._meter_failed(f"{error}; retrying")
             self.meter.close()
             return None
         except WrongProtocol as error:
-            self.problems.problem("meter", f"{error} in {self.config.path}", logging.ERROR)
+            self._meter_failed(f"{error} in {self.config.path}", logging.ERROR)
             return None
         except IskraError as error:
-            self.problems.problem("meter", f"readout rejected: {error}")
+            self._meter_failed(f"readout rejected: {error}")
             return None
         except Exception:  # a bug: log it whole, keep the port fresh, and keep going
             log.exception("unexpected error while reading the meter (please report this)")
@@ -417,6 +417,12 @@ class Daemon:
             return None
         self.problems.ok("meter", "good readout again")
         return readout
+
+    def _meter_failed(self, message: str, level: int = logging.WARNING) -> None:
+        """Log a failed readout (once per change) and say so in systemd's status, so that
+        ``systemctl status`` never shows the last good readout as if all were well."""
+        self.problems.problem("meter", message, level)
+        self.notifier.status(f"no readout ({self.failed_cycles + 1} failed in a row): {message}")
 
     def _derive(self, readout: Readout) -> Values | None:
         """The values of ``readout``, or None when the derive stage rejected it (logged)."""

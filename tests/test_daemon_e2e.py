@@ -243,7 +243,7 @@ def test_watchdog_starves_after_failed_cycles(tmp_path):
     )
     try:
         daemon.wait_for_log(r"no good readout for 2 cycles in a row: no longer feeding", timeout=30)
-        notify.collect(time.monotonic() + 0.3)  # what was queued before the watchdog starved
+        before = list(notify.collect(time.monotonic() + 0.3))  # queued before it starved
         notify.messages.clear()
         messages = notify.collect(time.monotonic() + 2.5)
     finally:
@@ -253,6 +253,8 @@ def test_watchdog_starves_after_failed_cycles(tmp_path):
         notify.close()
     assert status == 0
     assert not any("WATCHDOG=1" in message for message in messages), messages
+    # systemctl status says what is wrong, not the last good readout.
+    assert any(m.startswith("STATUS=no readout (") and "failed in a row" in m for m in before)
 
 
 def test_silent_meter_backs_off_without_a_hot_loop(tmp_path):
