@@ -40,6 +40,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from iskra_me162.config import Config
 from iskra_me162.derive.values import Values
 from iskra_me162.errors import ConfigError, SinkError
 from iskra_me162.readout import MeterIdentity
@@ -121,15 +122,15 @@ class MqttSink:
     def __init__(
         self,
         host: str,
-        port: int = 1883,
+        port: int = Config.mqtt_port,
         username: str = "",
         password: str = "",
         tls: bool = False,
         ca_file: str = "",
-        topic_prefix: str = "iskra-me162",
-        discovery_prefix: str = "homeassistant",
-        retain: bool = False,
-        stale_after: float = 180.0,
+        topic_prefix: str = Config.mqtt_topic_prefix,
+        discovery_prefix: str = Config.mqtt_discovery_prefix,
+        retain: bool = Config.mqtt_retain,
+        stale_after: float = Config().reading_max_age,
         *,
         client_id: str = "",
         keepalive: int = 60,
