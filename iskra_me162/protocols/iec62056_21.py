@@ -40,6 +40,11 @@ How a value group becomes a :class:`~iskra_me162.obis.Reading`:
   DSMR puts a time stamp first (``0-1:24.2.1(161129200000W)(00981.443*m3)``), so a leading
   ``YYMMDDhhmmssX`` stamp followed by a numeric group makes the second group the value. For
   text lines ``"|".join((reading.raw, *reading.extra))`` gives every group in order.
+
+Programming mode (option 1) reads single registers, read-only and without a password:
+``build_ack(ident, True, option=PROGRAMMING_MODE)``, :class:`OperandReceiver` (P0), then per
+register :func:`build_read` and :class:`RegisterReceiver`, :func:`build_break` at the end. Every
+message the daemon may send passes :func:`is_allowed_command` (:data:`ALLOWED_COMMANDS`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import logging
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 from iskra_me162.errors import ChecksumError, ProtocolError
 from iskra_me162.obis import ObisCode, Reading
@@ -135,16 +141,18 @@ def bcc(data: bytes) -> int:
     return result
 
 
-def build_ack(identification: Identification, highspeed: bool) -> bytes:
-    """The acknowledgement/option select message for a data readout: ``ACK 0 Z 0 CR LF``.
+def build_ack(identification: Identification, highspeed: bool, option: str = "0") -> bytes:
+    """The acknowledgement/option select message: ``ACK 0 Z Y CR LF``.
 
     With ``highspeed`` the meter's own baud character is echoed, so it switches to its top rate
     (see :func:`data_baudrate`); without it, or when the meter offers no mode C rate, ``Z`` is
-    ``0`` and both sides stay at 300 Bd.
+    ``0`` and both sides stay at 300 Bd. ``option`` Y: ``"0"`` readout, ``"1"`` programming mode.
     """
+    if option not in ("0", PROGRAMMING_MODE):
+        raise ValueError(f"option must be '0' (readout) or '1' (programming), not {option!r}")
     switch = highspeed and identification.baudrate is not None
     baud_char = identification.baud_char if switch else "0"
-    return bytes((ACK, 0x30, ord(baud_char), 0x30, 0x0D, 0x0A))
+    return bytes((ACK, 0x30, ord(baud_char), ord(option), 0x0D, 0x0A))
 
 
 def data_baudrate(identification: Identification, highspeed: bool) -> int:
@@ -471,3 +479,149 @@ def parse_readout(raw: bytes) -> tuple[Identification | None, tuple[Reading, ...
         if etx >= 0:
             body = body[:etx]
     return identification, parse_data_lines(body.decode("latin-1"))
+
+
+# --- programming mode: single registers, read-only ------------------------------------------
+
+SOH, NAK = 0x01, 0x15
+PROGRAMMING_MODE = "1"  # the option character Y of ACK 0 Z Y CR LF
+REPEAT_REQUEST = bytes((NAK,))  # asks the meter to send its last message again
+ALLOWED_COMMANDS = (b"/?", bytes((ACK,)), b"\x01R1\x02", b"\x01B0\x03", REPEAT_REQUEST)
+"""How every message the daemon may send begins: request, ACK (option select), R1 (read one
+register), B0 (break), NAK (repeat). Never W (write), E (execute) or P (password)."""
+_ALLOWED_RE = re.compile(
+    rb"/\?[0-9A-Za-z ]{0,32}!\r\n|\x060[0-6][01]\r\n|\x15"
+    rb"|\x01R1\x02[0-9A-Za-z:.*&-]{1,32}\(\)\x03.|\x01B0\x03.",
+    re.DOTALL,
+)
+MAX_ANSWER = 512  # bytes before a complete answer; an R1 answer or P0 is ~20
+_Answer = TypeVar("_Answer")
+
+
+class ProgrammingModeRefused(ProtocolError):
+    """The meter answered the option-1 ACK with NAK or a data readout: no programming mode."""
+
+
+@dataclass(frozen=True, slots=True)
+class Operand:
+    """``SOH P0 STX (d) ETX BCC``: the meter is in programming mode; d (often empty) is ``data``."""
+
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterValue:
+    """The answer to ``build_read(register)``: ``reading``, or None when the meter does not know
+    the register (``(ERROR)``); ``raw`` is the text between STX and ETX."""
+
+    register: str
+    reading: Reading | None
+    raw: str
+
+
+def _command(head: bytes, data: bytes | None) -> bytes:
+    body = head + (b"" if data is None else bytes((STX,)) + data) + bytes((ETX,))
+    return bytes((SOH,)) + body + bytes((bcc(body),))
+
+
+def build_read(register: str) -> bytes:
+    """``SOH R1 STX register() ETX BCC``: read one register (``"1.8.0"``) in programming mode."""
+    ObisCode.parse(register)  # ProtocolError for anything that is not an OBIS code
+    return _command(b"R1", register.encode("ascii") + b"()")
+
+
+def build_break() -> bytes:
+    """``SOH B0 ETX BCC``: end the session; the meter listens for a request at 300 Bd again."""
+    return _command(b"B0", None)
+
+
+def is_allowed_command(message: bytes) -> bool:
+    """True for one whole message the daemon may send (:data:`ALLOWED_COMMANDS`, a valid BCC)."""
+    if not message.startswith(ALLOWED_COMMANDS) or _ALLOWED_RE.fullmatch(message) is None:
+        return False
+    return message[0] != SOH or bcc(message[1:-1]) == message[-1]
+
+
+class _AnswerReceiver(Generic[_Answer]):
+    """One message from the meter in programming mode, ``[SOH head] STX data ETX BCC``, split
+    anywhere. Skips noise, the echo of our R1 and (``repeat``) of our NAK. A NAK, a bad BCC
+    (ChecksumError), a wrong answer or none in MAX_ANSWER bytes raise ProtocolError."""
+
+    _refused: type[ProtocolError] = ProtocolError  # raised for a NAK
+
+    def __init__(self, repeat: bool = False) -> None:
+        self._nak_echo = repeat
+        self._message = bytearray()  # from SOH or STX on
+        self._taken = 0
+        self._result: _Answer | None = None
+        self._error: ProtocolError | None = None
+
+    def result(self) -> _Answer | None:
+        """The answer once its BCC arrived and matched, else None; re-raises a past error."""
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes from the meter; bytes after a complete answer are ignored."""
+        self.result()  # re-raises a past error
+        try:
+            for byte in data:
+                if self._result is None:
+                    self._take(byte)
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _take(self, byte: int) -> None:
+        self._taken += 1
+        if self._taken > MAX_ANSWER:
+            raise ProtocolError(f"no complete answer in {MAX_ANSWER} bytes")
+        message = self._message
+        if ETX in message:  # this byte is the BCC
+            self._message = bytearray()
+            if bcc(message[1:]) != byte:
+                raise ChecksumError(f"bad BCC 0x{byte:02X} after {bytes(message[:40])!r}")
+            body = message[1:-1] if message[0] == SOH else b"\x02" + message[1:-1]
+            head, _, data = body.partition(b"\x02")
+            if head != b"R1":  # else the echo of our read
+                self._result = self._complete(head.decode("latin-1"), data.decode("latin-1"))
+        elif message or byte in (SOH, STX):
+            message.append(byte)
+        elif byte == NAK and self._nak_echo:
+            self._nak_echo = False
+        elif byte == NAK:
+            raise self._refused("the meter answered NAK")
+
+    def _complete(self, head: str, data: str) -> _Answer:
+        raise NotImplementedError
+
+
+class OperandReceiver(_AnswerReceiver[Operand]):
+    """The answer to ``build_ack(..., option=PROGRAMMING_MODE)``: an :class:`Operand`; NAK or a
+    data readout raise :class:`ProgrammingModeRefused`."""
+
+    _refused = ProgrammingModeRefused
+
+    def _complete(self, head: str, data: str) -> Operand:
+        if head == "P0" and data.startswith("(") and data.endswith(")"):
+            return Operand(data[1:-1])
+        if not head:
+            raise ProgrammingModeRefused(f"the meter sent a data readout: {data[:40]!r}")
+        raise ProtocolError(f"expected SOH P0 STX (d) ETX, got {head!r} {data[:40]!r}")
+
+
+class RegisterReceiver(_AnswerReceiver[RegisterValue]):
+    """The answer to ``build_read(register)`` or (``repeat``) to a REPEAT_REQUEST sent after a
+    bad answer: a :class:`RegisterValue`, parsed as a data line."""
+
+    def __init__(self, register: str, repeat: bool = False) -> None:
+        super().__init__(repeat)
+        self._register, self._cde = register, ObisCode.parse(register).cde
+
+    def _complete(self, head: str, data: str) -> RegisterValue:
+        readings = parse_data_lines(self._register + data if data.startswith("(") else data)
+        if head or len(readings) != 1 or readings[0].code.cde != self._cde:
+            raise ProtocolError(f"not an answer for {self._register}: {head!r} {data[:40]!r}")
+        unknown = readings[0].value is None and readings[0].raw.upper().startswith("ER")
+        return RegisterValue(self._register, None if unknown else readings[0], data)
