@@ -20,7 +20,8 @@ setup(
     license="GPL-3.0-or-later",
     url="https://github.com/iskra-me162/iskra-me162",
     packages=find_packages(include=["iskra_me162", "iskra_me162.*"]),
-    python_requires=">=3.10",
+    # 3.11: the code uses datetime.UTC, new in 3.11 (Debian 12 and Raspberry Pi OS have 3.11).
+    python_requires=">=3.11",
     install_requires=["pyserial>=3.4", "python-daemon>=2.2"],
     # MQTT is optional: Debian's python3-paho-mqtt (1.6) or paho-mqtt 2.x from PyPI.
     extras_require={"mqtt": ["paho-mqtt>=1.6"]},
