@@ -1,5 +1,5 @@
 # iskra-me162 in a container: Debian bookworm's Python with the same Debian packages as the .deb
-# (python3-serial, python3-daemon). Usage: README.rst, section "Docker".
+# (python3-serial, python3-requests, python3-daemon). Usage: README.rst, section "Docker".
 #
 #   docker compose up -d --build
 #

@@ -22,7 +22,8 @@ setup(
     packages=find_packages(include=["iskra_me162", "iskra_me162.*"]),
     # 3.11: the code uses datetime.UTC, new in 3.11 (Debian 12 and Raspberry Pi OS have 3.11).
     python_requires=">=3.11",
-    install_requires=["pyserial>=3.4", "python-daemon>=2.2"],
+    # requests: Domoticz (Debian 12 ships 2.28 with urllib3 1.26; both work).
+    install_requires=["pyserial>=3.4", "requests>=2.28", "python-daemon>=2.2"],
     # MQTT is optional: Debian's python3-paho-mqtt (1.6) or paho-mqtt 2.x from PyPI.
     extras_require={"mqtt": ["paho-mqtt>=1.6"]},
     entry_points={"console_scripts": ["iskra-me162 = iskra_me162.cli:main"]},

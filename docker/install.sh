@@ -10,7 +10,7 @@
 #   system           Debian packages (the same runtime dependencies as the .deb), the service
 #                    user iskra-me162 (uid/gid 10162, group dialout), its state directory
 #   package SRC DIR  the package from the source tree SRC into a virtual environment DIR that
-#                    uses Debian's python3-serial, python3-daemon (no PyPI)
+#                    uses Debian's python3-serial, python3-requests, python3-daemon (no PyPI)
 #   finish DIR       the command on PATH; build-only packages and caches removed
 set -eu
 
@@ -19,8 +19,9 @@ SERVICE_USER=iskra-me162
 SERVICE_ID=10162
 STATE_DIR=/run/iskra-me162
 # What the daemon needs at run time (setup.py's install_requires, from Debian as in the .deb),
-# and the public CA certificates for a Domoticz behind https:// with a certificate of a public CA.
-RUNTIME_PACKAGES="python3 python3-serial python3-daemon ca-certificates"
+# and the public CA certificates for https:// Domoticz or MQTT over TLS with a public CA's
+# certificate (python3-requests pulls them in too, but MQTT's TLS uses them directly).
+RUNTIME_PACKAGES="python3 python3-serial python3-requests python3-daemon ca-certificates"
 # Optional features the image includes (setup.py's extras_require): MQTT.
 OPTIONAL_PACKAGES="python3-paho-mqtt"
 # What building the package needs; removed again by "finish".
@@ -48,7 +49,7 @@ step_package() {
     "$prefix/bin/python" -m pip install --no-deps --no-index --no-build-isolation \
         --no-cache-dir --disable-pip-version-check --quiet "$src"
     # Fail here, not at the first start, if a runtime dependency is missing.
-    "$prefix/bin/python" -c 'import serial, daemon, iskra_me162.cli'
+    "$prefix/bin/python" -c 'import serial, requests, daemon, iskra_me162.cli'
 }
 
 step_finish() {

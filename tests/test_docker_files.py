@@ -41,6 +41,7 @@ DEBIAN_PYTHON = Path("/usr/bin/python3")
 # setup.py's install_requires (PyPI names) -> the Debian packages that provide them.
 DEBIAN_NAMES = {
     "pyserial": "python3-serial",
+    "requests": "python3-requests",
     "python-daemon": "python3-daemon",
 }
 
@@ -329,7 +330,7 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else():
 
 def test_image_packages_are_the_runtime_dependencies_of_the_package():
     runtime = shell_variable("RUNTIME_PACKAGES").split()
-    # Besides the Python dependencies: the interpreter, and the public CAs for https:// Domoticz.
+    # Besides the Python dependencies: the interpreter, and the public CAs (TLS to Domoticz, MQTT).
     assert sorted(DEBIAN_NAMES[name] for name in install_requires()) == sorted(
         package for package in runtime if package not in ("python3", "ca-certificates")
     )
@@ -350,7 +351,7 @@ def test_install_script_is_valid_posix_shell():
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Run ``install.sh package`` as the image does, on what its COPY lines copy."""
-    needed = ["venv", "ensurepip", "setuptools", "wheel", "serial", "daemon"]
+    needed = ["venv", "ensurepip", "setuptools", "wheel", "serial", "requests", "daemon"]
     probe = f"import {', '.join(needed)}"
     if (
         not DEBIAN_PYTHON.exists()

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from iskra_me162.errors import ConfigError
+from iskra_me162.sinks import netcheck
 
 # paho's own messages, all at DEBUG: it reports every failed reconnection attempt at ERROR,
 # which would repeat in the log at every back-off step; the sink reports problems once.
@@ -56,7 +57,11 @@ _REFUSALS = {
     137: "is busy (server busy)",
     138: "has banned this client",
 }
-_NAME_MISMATCH = (62, 64)  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+_TLS_ADVICE = netcheck.TlsAdvice(
+    other_name="set mqtt_host to the name the certificate was made for",
+    untrusted="give its CA certificate as mqtt_ca_file",
+    not_tls="mqtt_tls off?",
+)
 QUEUE_FULL = 15  # MQTT_ERR_QUEUE_SIZE, the same number in paho 1.x and 2.x
 
 
@@ -193,17 +198,6 @@ def describe_refusal(code: int, where: str, has_username: bool) -> str:
 
 def describe_connect_error(error: OSError | None, where: str, host: str, tls: bool) -> str:
     """One stable line for a failed TCP or TLS connect (no OS error numbers, no addresses)."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        detail = error.verify_message or "certificate not trusted"
-        if error.verify_code in _NAME_MISMATCH:
-            return (
-                f"the TLS certificate of the MQTT broker at {where} is for another host name "
-                f"({detail}); set mqtt_host to the name the certificate was made for"
-            )
-        return (
-            f"the TLS certificate of the MQTT broker at {where} is not trusted ({detail}); "
-            "give its CA certificate as mqtt_ca_file"
-        )
     if isinstance(error, ConnectionResetError | BrokenPipeError | ssl.SSLEOFError):
         if tls:
             return (
@@ -211,11 +205,8 @@ def describe_connect_error(error: OSError | None, where: str, host: str, tls: bo
                 "(does it speak TLS on this port? mqtt_tls off?)"
             )
         return f"the MQTT broker at {where} closed the connection"
-    if isinstance(error, ssl.SSLError):
-        reason = error.reason or "handshake failed"
-        if reason == "WRONG_VERSION_NUMBER":
-            return f"the MQTT broker at {where} does not speak TLS on this port (mqtt_tls off?)"
-        return f"TLS with the MQTT broker at {where} failed ({reason})"
+    if isinstance(error, ssl.SSLError):  # after SSLEOFError: a close is explained above
+        return netcheck.explain_tls_error(error, f"the MQTT broker at {where}", _TLS_ADVICE)
     if isinstance(error, socket.gaierror):
         return f"the MQTT broker's host name {host!r} was not found"
     if isinstance(error, ConnectionRefusedError):
@@ -239,13 +230,6 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
     """Certificate and host name checked; ``ca_file`` or the system's CAs. ConfigError when
     the CA file cannot be used."""
     try:
-        return ssl.create_default_context(cafile=ca_file or None)
-    except FileNotFoundError:
-        raise ConfigError(f"mqtt_ca_file {ca_file}: no such file") from None
-    except PermissionError:
-        raise ConfigError(f"mqtt_ca_file {ca_file}: permission denied") from None
-    except (ssl.SSLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or "unusable"
-        raise ConfigError(
-            f"mqtt_ca_file {ca_file}: not a usable PEM CA certificate ({reason})"
-        ) from None
+        return netcheck.client_tls_context(ca_file)
+    except ValueError as problem:
+        raise ConfigError(f"mqtt_ca_file {ca_file}: {problem}") from None

@@ -120,7 +120,12 @@ def check_host(host: str) -> str:
         )
     if host.startswith("["):
         raise ConfigError("mqtt_host: write an IPv6 address without brackets, e.g. ::1")
-    return host
+    from iskra_me162.sinks import netcheck  # the one host rule of every sink
+
+    try:
+        return netcheck.check_host(host)
+    except ValueError as error:
+        raise ConfigError(f"mqtt_host {error}; {example}") from None
 
 
 # --- registers -------------------------------------------------------------------------------
