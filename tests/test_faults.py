@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,32 @@ def served_counters(served: ServedReadout) -> tuple[int, int, int, int]:
     """(U1, U2, R1, R2) as the meter's registers stood in a readout (before any fault)."""
     values = tuple(kwh_to_wh(served.value(code)) for code in ("1.8.1", "1.8.2", "2.8.1", "2.8.2"))
     return values  # type: ignore[return-value]
+
+
+def served_totals(served: ServedReadout) -> tuple[int, int]:
+    """(import, export) in Wh as the meter's total registers 1.8.0 and 2.8.0 stood."""
+    return kwh_to_wh(served.value("1.8.0")), kwh_to_wh(served.value("2.8.0"))
+
+
+def snapshot_totals(document: dict) -> list[tuple[Decimal, Decimal]]:
+    """(import, export) in Wh of every counter snapshot in a state file (format version 2)."""
+    return [
+        (Decimal(snapshot["import_wh"]), Decimal(snapshot["export_wh"]))
+        for snapshot in document["snapshots"]
+    ]
+
+
+def assert_good_state_file(document: dict, served: set[tuple[int, int]]) -> None:
+    """A state file of the current format whose every snapshot holds counters the meter really
+    served (the default simulated ME162, serial 61234567)."""
+    assert (document["format"], document["version"]) == ("iskra-me162-state", 2), document
+    assert (document["meter_id"], document["sources"]) == ("61234567", "1.8.0|2.8.0"), document
+    assert document["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert "sent" not in document, document
+    totals = snapshot_totals(document)
+    assert totals, document
+    for totals_wh in totals:
+        assert totals_wh in served, (totals_wh, sorted(served))
 
 
 def sent_values(stub: DomoticzStub) -> list[tuple[int, ...]]:
@@ -254,7 +281,7 @@ def test_glitched_or_missing_registers_with_a_valid_bcc_are_never_sent(tmp_path,
     meter = start_meter(tmp_path / "ttyIR", **faults)
     try:
         with running(daemon_config(tmp_path, str(meter.link), domoticz)) as daemon:
-            daemon.wait_for_log(r"iskra_me162.p1: readout held back", timeout=40)
+            daemon.wait_for_log(r"iskra_me162.daemon: readout: readout held back", timeout=40)
             meter.set_faults(glitch_every=3, glitch_wh=-2_000_000, omit_every=0)
             daemon.wait_for_log(r"counter went backwards by (19|20)\d{5}", timeout=30)
             domoticz.wait_for_updates(len(domoticz.updates(IDX)) + 2, timeout=30)
@@ -268,9 +295,12 @@ def test_glitched_or_missing_registers_with_a_valid_bcc_are_never_sent(tmp_path,
         assert (u1, u2, r1, r2) in good, "a glitched readout reached Domoticz"
         assert abs(cons - IMPORT_W) <= 1000 and prod == 0
     # The log says why (the deltas include the few Wh the meter really counted meanwhile).
-    assert log_lines(daemon, r"starts afresh: the import counter jumped by 500\d{4}")
-    assert log_lines(daemon, r"starts afresh: the import counter went backwards by (19|20)\d{5}")
-    assert log_lines(daemon, r"readout held back, nothing sent: .*\(missing: 1\.8\.1; new: none\)")
+    untrusted = r"iskra_me162.daemon: readout: counters not trusted, nothing published: "
+    assert log_lines(daemon, untrusted + r"the import counter jumped by 500\d{4}")
+    assert log_lines(daemon, untrusted + r"the import counter went backwards by (19|20)\d{5}")
+    held_back = r"iskra_me162.daemon: readout: readout held back, nothing published: "
+    assert log_lines(daemon, held_back + r".*\(missing: 1\.8\.1; new: none\)")
+    assert log_lines(daemon, r"readout: the meter's readouts are consistent again")
 
 
 def test_meter_replacement_rebases_cleanly(tmp_path, domoticz):
@@ -297,7 +327,9 @@ def test_meter_replacement_rebases_cleanly(tmp_path, domoticz):
         assert abs(cons - IMPORT_W) <= 1000 and prod == 0, values
     new_counters = {served_counters(r) for r in new.readouts}
     assert tuple(values[-1][:4]) in new_counters  # Domoticz now has the new meter's counters
-    assert log_lines(daemon, r"power from counter deltas starts afresh: the meter changed")
+    # The first readout of the new meter re-bases the counters and is not published.
+    untrusted = r"readout: counters not trusted, nothing published: "
+    assert log_lines(daemon, untrusted + r"the meter changed from 61234567 to 70000001")
 
 
 # --- every way Domoticz can fail, one after another, in one run -----------------------------
@@ -389,8 +421,8 @@ def test_every_domoticz_failure_is_logged_once_per_change_and_recovered(tmp_path
 
 
 def test_unusable_state_files_are_explained_once_and_replaced(tmp_path, domoticz):
-    # Each bad file in turn, switched to by a reload (state_file changed + SIGHUP): the sink
-    # that owns the state file is rebuilt and reads it, as at a start.
+    # Each bad file in turn, switched to by a reload (state_file changed + SIGHUP): the derive
+    # stage, which owns the state file, is rebuilt and reads it, as at a start.
     cases = [
         ("empty", b"", r"is empty; ignoring it"),
         ("version", b'{"format": "iskra-me162-state", "version": 99}', r"has format version 99"),
@@ -415,12 +447,11 @@ def test_unusable_state_files_are_explained_once_and_replaced(tmp_path, domoticz
                 documents[name] = json.loads((tmp_path / f"{name}.json").read_text())
     finally:
         meter.stop()
-    sent = {values[:4] for values in sent_values(domoticz)}
+    served = {served_totals(r) for r in meter.readouts}
     for name, _content, explanation in cases:
         assert len(log_lines(daemon, explanation)) == 1, (name, daemon.output)  # once
         document = documents[name]  # replaced by a good one
-        assert (document["format"], document["version"]) == ("iskra-me162-state", 1), name
-        assert tuple(document["sent"].values()) in sent
+        assert_good_state_file(document, served)
 
 
 @contextlib.contextmanager
@@ -481,19 +512,24 @@ def test_read_only_and_full_state_directory_are_survived_and_recovered(tmp_path,
                 filler = fill(run)  # the disk is full
                 daemon.wait_for_log(r"cannot write state file .*: No space left on device")
                 updates_go_on()
+                recovered = len(meter.readouts)
                 filler.unlink()
                 daemon.wait_for_log(r"state file .* written again", count=2)
                 updates_go_on()
-                sent_last = sent_values(domoticz)[-1][:4]
                 document = json.loads(state.read_text())
+                leftovers = [name for name in os.listdir(run) if name.endswith(".tmp")]
     finally:
         meter.stop()
     # Each cause explained once, however many cycles it lasted; the counters kept flowing.
     assert len(log_lines(daemon, r"Read-only file system")) == 1
     assert len(log_lines(daemon, r"No space left on device")) == 1
     assert len(log_lines(daemon, r"written again")) == 2
-    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
-    assert tuple(document["sent"].values()) <= sent_last  # written again after the faults
+    assert not leftovers, leftovers  # no temporary file of a failed write left behind
+    # The file holds true counters, and it was written again after the faults: its newest
+    # snapshot is of a readout the meter served once the disk had room again.
+    assert_good_state_file(document, {served_totals(r) for r in meter.readouts})
+    after_recovery = {served_totals(r) for r in meter.readouts[recovered:]}
+    assert snapshot_totals(document)[-1] in after_recovery, (document, sorted(after_recovery))
     for *_counters, cons, _prod in sent_values(domoticz):
         assert abs(cons - IMPORT_W) <= 1000
 
@@ -579,7 +615,8 @@ def test_wall_clock_jumps_change_neither_power_nor_schedule(tmp_path, domoticz):
     finally:
         meter.stop()
     # The daemon really saw the jumps: the readout times it logged.
-    stamps = re.findall(r"kWh at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", daemon.output)
+    status = r"iskra_me162.daemon: ME162-0033: import .* at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC"
+    stamps = re.findall(status, daemon.output)
     times = [datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S") for stamp in stamps]
     steps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
     assert any(4.5 * 3600 < step < 5.5 * 3600 for step in steps), stamps
@@ -624,7 +661,7 @@ def test_sighup_with_a_ca_file_the_system_cannot_check_keeps_the_daemon_running(
     config = daemon_config(tmp_path, str(meter.link), None, print_debug=1)
     daemon = DaemonProcess(config)
     try:
-        daemon.wait_for_log(r"ME162-0033: 1\.8\.0", timeout=30)
+        daemon.wait_for_log(r"ME162-0033: import [0-9.]+ kWh", timeout=30)
         with config.open("a") as handle:
             handle.write(f'domoticz_ca_file = "/etc/{"x" * 300}.pem"\n')
         daemon.signal(signal.SIGHUP)

@@ -88,6 +88,10 @@ def domoticz():
         yield stub
 
 
+# The status line of every frame the daemon derived values from: "<meter>: import X kWh, ...".
+USED_FRAME = r"(?:INFO|DEBUG) iskra_me162\.daemon: [0-9a-f]+: import ([0-9.]+) kWh"
+
+
 def test_damaged_sml_frames_never_reach_domoticz(tmp_path, domoticz):
     meter = start_meter(
         tmp_path / "ttyIR", corrupt_every=2, truncate_every=3, garbage=9, escape=True
@@ -95,6 +99,7 @@ def test_damaged_sml_frames_never_reach_domoticz(tmp_path, domoticz):
     try:
         with running(sml_config(tmp_path, tmp_path / "ttyIR", domoticz)) as daemon:
             domoticz.wait_for_updates(4, timeout=40)
+            daemon.wait_for_log(USED_FRAME, count=8, timeout=40)
     finally:
         meter.stop()
     frames = meter.frames
@@ -104,9 +109,10 @@ def test_damaged_sml_frames_never_reach_domoticz(tmp_path, domoticz):
         assert (u1, u2, r1, r2) in good, "a value from a damaged frame reached Domoticz"
         assert cons == IMPORT_W and prod == 0  # the meter's own power register (16.7.0)
     # The corruption hits 1.8.0, which P1 does not send: so check every frame the daemon
-    # used (each is logged at print_debug 2 with its 1.8.0) against the intact frames.
+    # used (each gets a status line with its import total, 1.8.0: at INFO when it goes to
+    # Domoticz, at DEBUG otherwise) against the intact frames.
     good_totals = {frame.value("1.8.0") / 1000 for frame in frames if not frame.fault}
-    used = [Decimal(v) for v in re.findall(r": 1\.8\.0 ([0-9.]+) kWh", daemon.output)]
+    used = [Decimal(v) for v in re.findall(USED_FRAME, daemon.output)]
     assert len(used) >= 8, daemon.output
     assert len(frames) < 64  # the simulator's record still holds every frame it pushed
     stray = [total for total in used if total not in good_totals]
