@@ -175,9 +175,11 @@ class IecMeter:
                 raise MeterTimeout(_unfinished(what, limit, received))
             try:
                 chunk = self.port.read_some(min(timeout, remaining))
-            except MeterTimeout:
+            except MeterTimeout as silent:
                 if time.monotonic() >= deadline:  # bytes kept coming, but never a message
                     raise MeterTimeout(_unfinished(what, limit, received)) from None
+                if what == "data readout" and (received or leftover):
+                    raise MeterTimeout(f"the data readout stopped half-way: {silent}") from None
                 raise  # the meter went silent
             received += chunk
             if SML_START in received:

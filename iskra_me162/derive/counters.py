@@ -73,15 +73,19 @@ def implausible(previous: CounterSnapshot, current: CounterSnapshot, max_power_w
     for direction, delta in _deltas(previous, current).items():
         if delta < 0:
             return (
-                f"the {direction} counter went backwards by {-delta} Wh "
+                f"the {direction} counter went backwards by {_wh(-delta)} Wh "
                 "(meter replaced or reset, or a misread digit?)"
             )
         if delta * 3600 > max_power_w * Decimal(max(seconds, 0.001)):
             return (
-                f"the {direction} counter jumped by {delta} Wh in {seconds:.1f} s, more than a "
-                f"{max_power_w} W connection can deliver"
+                f"the {direction} counter jumped by {_wh(delta)} Wh in {seconds:.1f} s, more "
+                f"than a {max_power_w} W connection can deliver"
             )
     return ""
+
+
+def _wh(delta: Decimal) -> str:
+    return format(delta.normalize(), "f")  # 5000001, not 5000001.000 (kWh x 1000)
 
 
 def power_between(previous: CounterSnapshot, current: CounterSnapshot) -> CounterPower:
