@@ -420,7 +420,7 @@ def test_power_comes_from_the_previous_readout_not_an_older_one():
         (
             {"1.8.0": "5000.000"},
             {"1.8.0": "4999.000"},
-            "import counter went backwards by 1000.000 Wh",
+            "import counter went backwards by 1000 Wh",
             {"1.8.0": "4999.010"},
             (600, 0),
         ),
@@ -455,7 +455,7 @@ def test_absurd_jump_follows_max_power():
     deriver = make_deriver(max_power_w=50_000)
     deriver.derive(make_readout(0, {"1.8.0": "1000.000"}))
     # 1 kWh in 60 s would be 60 kW, more than a 50 kW connection
-    with pytest.raises(ReadoutRejected, match=r"jumped by 1000\.000 Wh in 60\.0 s"):
+    with pytest.raises(ReadoutRejected, match=r"jumped by 1000 Wh in 60\.0 s"):
         deriver.derive(make_readout(60, {"1.8.0": "1001.000"}))
     # right at the limit is still power
     values = deriver.derive(make_readout(120, {"1.8.0": "1001.833"}))
