@@ -4,10 +4,18 @@ Each direction (import A+, export A-) has one register per tariff; the total is 
 computed when asked, so ``1.8.0 == 1.8.1 + 1.8.2`` holds exactly in every readout. Energy
 below one Wh is carried in a remainder (joules) and lands in the tariff register that is
 active when the Wh completes.
+
+A load profile (:func:`parse_load`, ``300,2000@20s,800@60s``) is a list of :class:`LoadStep`:
+the meter applies each step at its instant (``EnergyCounters.set_power`` at that time), so a
+register steps by 1 Wh exactly when the integrated energy crosses the next Wh and the time
+between two steps is 3600 / P seconds at a power P.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
 from dataclasses import dataclass
 
 from iskra_me162.errors import ConfigError
@@ -36,20 +44,34 @@ class Registers:
 
 
 class _Direction:
-    """One direction's tariff registers plus the energy not yet worth a whole Wh."""
+    """One direction's tariff registers plus the energy not yet worth a whole Wh.
 
-    def __init__(self, start_wh: tuple[int, ...], power_w: int) -> None:
+    The energy since the last power change is computed afresh from the time since then at each
+    look (not summed up look by look), so however often the registers are read, a Wh completes
+    when the energy crosses it, to the float precision of one product.
+    """
+
+    def __init__(self, start_wh: tuple[int, ...], power_w: int, now: float) -> None:
         self.registers = list(start_wh)
         self.power_w = power_w
-        self.remainder_j = 0.0
+        self._base_j = 0.0  # energy below one Wh at the last power change
+        self._since = now
+        self._counted = 0  # Wh credited since then
 
-    def advance(self, seconds: float, tariff_index: int) -> None:
-        joules = self.remainder_j + self.power_w * seconds
-        whole_wh = int(joules // JOULES_PER_WH)
-        self.remainder_j = joules - whole_wh * JOULES_PER_WH
-        if whole_wh:
+    def _energy_j(self, now: float) -> float:
+        return self._base_j + self.power_w * (now - self._since)
+
+    def advance(self, now: float, tariff_index: int) -> None:
+        whole_wh = int(self._energy_j(now) // JOULES_PER_WH) - self._counted
+        if whole_wh > 0:
+            self._counted += whole_wh
             value = self.registers[tariff_index] + whole_wh
             self.registers[tariff_index] = value % REGISTER_MODULUS
+
+    def set_power(self, now: float, watts: int) -> None:
+        """Call after ``advance(now)``: the new power counts from ``now``."""
+        self._base_j = self._energy_j(now) - self._counted * JOULES_PER_WH
+        self._since, self._counted, self.power_w = now, 0, watts
 
 
 class EnergyCounters:
@@ -77,8 +99,8 @@ class EnergyCounters:
         self._check_tariff(tariff)
         _check_power(import_w)
         _check_power(export_w)
-        self._import = _Direction(import_wh, import_w)
-        self._export = _Direction(export_wh, export_w)
+        self._import = _Direction(import_wh, import_w, now)
+        self._export = _Direction(export_wh, export_w, now)
         self._tariff = tariff
         self._last = now
 
@@ -88,11 +110,10 @@ class EnergyCounters:
 
     def advance(self, now: float) -> None:
         """Add the energy of the time since the last call at the power that held during it."""
-        seconds = now - self._last
-        if seconds <= 0:
+        if now <= self._last:
             return
-        self._import.advance(seconds, self._tariff - 1)
-        self._export.advance(seconds, self._tariff - 1)
+        self._import.advance(now, self._tariff - 1)
+        self._export.advance(now, self._tariff - 1)
         self._last = now
 
     def set_power(
@@ -104,10 +125,11 @@ class EnergyCounters:
         if export_w is not None:
             _check_power(export_w)
         self.advance(now)
+        at = max(now, self._last)  # time that went backwards changes the power from the last look
         if import_w is not None:
-            self._import.power_w = import_w
+            self._import.set_power(at, import_w)
         if export_w is not None:
-            self._export.power_w = export_w
+            self._export.set_power(at, export_w)
 
     def set_tariff(self, now: float, tariff: int) -> None:
         """Make ``tariff`` (1-based) the one that counts from ``now`` on."""
@@ -138,3 +160,47 @@ def _check_power(watts: int) -> None:
 def _check_register(wh: int) -> None:
     if not isinstance(wh, int) or not 0 <= wh < REGISTER_MODULUS:
         raise ConfigError(f"register start value must be 0..{REGISTER_MODULUS - 1} Wh, not {wh}")
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """From ``at`` seconds after the meter started, the power is ``watts``."""
+
+    at: float
+    watts: int
+
+
+_STEP_RE = re.compile(r"\s*(\d+)\s*(?:@\s*(\d+(?:\.\d*)?|\.\d+)\s*s?)?\s*", re.ASCII)
+
+
+def parse_load(text: str) -> tuple[LoadStep, ...]:
+    """``W[,W@Ts]...``: ``300,2000@20s,800@60s`` is 300 W from the start, 2000 W from 20 s on
+    and 800 W from 60 s on (``s`` may be left out; the first step has no time or ``@0``).
+    Raises ValueError for text that does not say that; :func:`check_load` checks the rest."""
+    steps = []
+    for part in text.split(","):
+        match = _STEP_RE.fullmatch(part)
+        if match is None:
+            raise ValueError(f"{part.strip()!r} is not W or W@Ts (e.g. 300,2000@20s)")
+        watts, at = match.groups()
+        steps.append(LoadStep(float(at or 0), int(watts)))
+    check_load(steps)
+    return tuple(steps)
+
+
+def check_load(steps: tuple[LoadStep, ...] | list[LoadStep]) -> None:
+    """ValueError unless the first step starts at 0, times increase and every power is valid."""
+    if not steps:
+        raise ValueError("a load profile needs at least one step")
+    if steps[0].at != 0:
+        raise ValueError(f"the first step starts at 0 s, not at {steps[0].at:g} s")
+    for earlier, later in itertools.pairwise(steps):
+        if not later.at > earlier.at:
+            raise ValueError(f"step times must increase: {later.at:g} s after {earlier.at:g} s")
+    for step in steps:
+        if not math.isfinite(step.at) or step.at > 10**9:
+            raise ValueError(f"step time {step.at!r} s is out of range")
+        try:
+            _check_power(step.watts)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
