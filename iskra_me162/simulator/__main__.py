@@ -66,6 +66,15 @@ _VALUE_FLAGS = {
     "garbage": "garbage",
     "energy_scaler": "energy_scaler",
     "power_scaler": "power_scaler",
+    "load": "load",
+    "export_load": "export_load",
+    "progmode": "progmode",
+    "progmode_timeout": "progmode_timeout",
+    "refuse_progmode": "refuse_progmode",
+    "read_bad_bcc_at": "read_bad_bcc_at",
+    "silent_from": "silent_from",
+    "silent_for": "silent_for",
+    "error_registers": "error_registers",
 }
 _SWITCHES = ("echo", "ignore_baud", "silent", "high_bit", "escape", "no_pin")
 
@@ -102,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--silent", action="store_true", help="answer nothing")
     parser.add_argument("--lockout", metavar="S", help="refuse sessions for S s after one")
     parser.add_argument("--high-bit", action="store_true", help="send the parity bit as bit 7")
+    prog = parser.add_argument_group("load steps and programming mode (mode C meters)")
+    prog.add_argument("--load", metavar="W,W@Ts", help="import power in steps: 300,2000@20s")
+    prog.add_argument("--export-load", metavar="W,W@Ts", help="export power in steps")
+    prog.add_argument(
+        "--progmode",
+        metavar="ANSWER",
+        help="answer to ACK 0 Z 1: on (programming mode), ignore (default), readout, nak",
+    )
+    prog.add_argument("--progmode-timeout", metavar="S", help="inactivity time-out (default 60)")
+    prog.add_argument("--refuse-progmode", metavar="ANSWER", help="fault: nak, ignore, readout")
+    prog.add_argument("--read-bad-bcc-at", metavar="N", help="fault: bad BCC in the Nth R1 answer")
+    prog.add_argument("--silent-from", metavar="T", help="fault: deaf and mute from T s ...")
+    prog.add_argument("--silent-for", metavar="S", help="... for S s")
+    prog.add_argument("--error-registers", metavar="CODES", help="fault: R1 of these: (ERROR)")
     sml = parser.add_argument_group("SML push meter (--profile mt175)")
     sml.add_argument("--interval", metavar="S", help="seconds between frames (default 1)")
     sml.add_argument("--baud", metavar="BD", help="line speed (default 9600)")

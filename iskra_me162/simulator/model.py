@@ -18,29 +18,66 @@ The session, as a real meter runs it:
    back to idle at 300 Bd.
 
 While it talks it does not listen (the optical link is half duplex in practice).
+
+Programming mode, when ``MeterConfig.progmode`` is ``"on"`` (a real ME162 has it; the default
+``"ignore"`` keeps the meter without it, as the simulator always was): ``ACK 0 Z 1`` CR LF is
+answered with ``SOH P0 STX () ETX BCC`` at the agreed rate, and from then on the meter listens
+at that rate for
+
+* ``SOH R1 STX <code>() ETX BCC``: ``STX (<value>) ETX BCC`` with the register's value as the
+  readout shows it (``1.8.0`` or ``1-0:1.8.0*255`` alike), ``STX (ERROR) ETX BCC`` for a code
+  the readout does not have;
+* ``SOH B0 ETX BCC``: the session ends; the next request starts a fresh one;
+* NAK: the last answer again; a command with a bad BCC, or any other command (W, E, P, B1,
+  R2 ...), is answered with NAK and changes nothing.
+
+Each answer comes after the reaction time. After ``progmode_timeout`` seconds (60 s) without a
+command the meter drops programming mode and listens for a request at 300 Bd again. A meter
+without programming mode answers the option-1 ACK as ``progmode`` says: ``"ignore"`` (no
+answer, the session ends), ``"readout"`` (the data readout) or ``"nak"`` (NAK).
+
+Every message the reader sends is kept in :attr:`MeterModel.commands` as a
+:class:`ReceivedCommand` with its kind, framed from the bytes as written (before a wrong baud
+rate garbles them, and also while the meter talks and does not listen); ``violations`` counts
+the ones an IEC 62056-21 reader that only reads must never send. Load profiles
+(``MeterConfig.load``, see :mod:`.counters`) change the power in steps at set times.
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from iskra_me162.errors import ConfigError
+from iskra_me162.errors import ConfigError, ProtocolError
+from iskra_me162.obis import ObisCode
 from iskra_me162.protocols.iec62056_21 import BAUD_RATES, bcc
-from iskra_me162.simulator.counters import EnergyCounters, Registers
+from iskra_me162.simulator.counters import EnergyCounters, LoadStep, Registers, check_load
 from iskra_me162.simulator.line import byte_time, with_parity_bit
 from iskra_me162.simulator.profiles import ME162, Profile, Quantity
 
+SOH = 0x01
 STX = 0x02
 ETX = 0x03
-LISTEN_BAUD = 300  # a mode C meter always listens at 300 Bd outside a readout
+NAK = 0x15
+LF = 0x0A
+LISTEN_BAUD = 300  # a mode C meter listens at 300 Bd outside a readout or programming mode
 _INBOX_LIMIT = 128  # longest request is 37 bytes; older unterminated noise is forgotten
 
 _REQUEST_RE = re.compile(rb"/\?([0-9A-Za-z ]{0,32})!\r\n\Z")
 _ACK_RE = re.compile(rb"\x06([0-9])([0-9])([0-9])\r\n\Z")
+_COMMAND_RE = re.compile(rb"\x01([A-Z][0-9])(?:\x02([^\x03]*))?\x03.", re.DOTALL)
+_READ_RE = re.compile(rb"([0-9A-Za-z:.*&-]{1,32})\(\)")
 _SERIAL_RE = re.compile(r"[0-9]{1,16}")
+
+PROGMODE_ANSWERS = ("on", "ignore", "readout", "nak")
+"""What a meter answers an ``ACK 0 Z 1`` with: ``on`` enters programming mode (P0), the others
+are meters without it: ``ignore`` (no answer), ``readout`` (a data readout), ``nak`` (NAK)."""
+ALLOWED_KINDS = frozenset({"request", "ack", "read", "break", "repeat"})
+"""Kinds of :class:`ReceivedCommand` a read-only reader may send; the others are violations:
+``forbidden`` (a framed command other than R1/B0, or an ACK for another mode or protocol),
+``bad_bcc`` (a command whose BCC is wrong) and ``garbage`` (anything else)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +104,12 @@ class Faults:
     glitch_wh: int = 0  # > 0: a jump ahead, < 0: backwards (the registers themselves go on)
     omit_every: int = 0  # the line with OBIS code omit_code is left out
     omit_code: str = ""
+    # Programming mode. Times count from the meter's start (when the model was made).
+    refuse_progmode: str = ""  # while set, option 1 gets this answer: "nak", "ignore", "readout"
+    read_bad_bcc_at: int = 0  # the Nth R1 answer (from 1 since start) has a wrong BCC
+    silent_from: float = 0.0  # from this second on, for silent_for seconds, the meter hears
+    silent_for: float = 0.0  # nothing and says nothing (a hand in front of the head)
+    error_registers: tuple[str, ...] = ()  # R1 of these codes gets (ERROR)
 
     def __post_init__(self) -> None:
         for name in (
@@ -76,6 +119,7 @@ class Faults:
             "truncate_every",
             "glitch_every",
             "omit_every",
+            "read_bad_bcc_at",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -86,6 +130,15 @@ class Faults:
             raise ConfigError(f"lockout must be 0..86400 seconds, not {self.lockout!r}")
         if not isinstance(self.glitch_wh, int) or isinstance(self.glitch_wh, bool):
             raise ConfigError(f"glitch_wh must be a whole number of Wh, not {self.glitch_wh!r}")
+        if self.refuse_progmode not in ("", *PROGMODE_ANSWERS[1:]):
+            raise ConfigError(
+                f"refuse_progmode must be nak, ignore or readout, not {self.refuse_progmode!r}"
+            )
+        for name in ("silent_from", "silent_for"):
+            if not 0 <= getattr(self, name) <= 10**9:
+                raise ConfigError(f"{name} must be >= 0 seconds, not {getattr(self, name)!r}")
+        for code in self.error_registers:
+            _obis(code, "error_registers")
 
 
 def _default_import(tariffs: int) -> tuple[int, ...]:
@@ -101,8 +154,10 @@ class MeterConfig:
     """Everything that defines one simulated meter.
 
     ``speedup`` shortens the time each character takes on the line (``inf``: no pacing, a
-    message arrives at once). It does not shorten the reaction time or the ACK timeout: those
-    are windows on the reader's side, and the reader runs on the real clock.
+    message arrives at once). It does not shorten the reaction time, the ACK timeout or the
+    programming-mode timeout: those are windows that the reader meets on the real clock.
+    ``load`` / ``export_load`` make the power change in steps (their first step
+    replaces ``import_w`` / ``export_w``); ``progmode`` is one of :data:`PROGMODE_ANSWERS`.
     """
 
     profile: Profile = ME162
@@ -116,6 +171,10 @@ class MeterConfig:
     speedup: float = 1.0
     reaction_time: float | None = None  # None: from the ident's third letter
     ack_timeout: float = 1.5
+    load: tuple[LoadStep, ...] = ()  # import power steps; () = import_w all the time
+    export_load: tuple[LoadStep, ...] = ()
+    progmode: str = "ignore"  # "on": programming mode as on a real ME162
+    progmode_timeout: float = 60.0  # seconds without a command before it drops programming mode
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -136,6 +195,25 @@ class MeterConfig:
                     f"{name} needs {self.profile.tariffs} values for profile "
                     f"{self.profile.name}, got {len(value)}"
                 )
+        for name in ("load", "export_load"):
+            try:
+                if getattr(self, name):
+                    check_load(getattr(self, name))
+            except ValueError as error:
+                raise ConfigError(f"{name}: {error}") from None
+        if self.progmode not in PROGMODE_ANSWERS:
+            answers = ", ".join(PROGMODE_ANSWERS)
+            raise ConfigError(f"progmode must be one of {answers}, not {self.progmode!r}")
+        if not 0 < self.progmode_timeout <= 3600:
+            raise ConfigError(f"progmode_timeout must be 0..3600 s, not {self.progmode_timeout!r}")
+
+    @property
+    def start_import_w(self) -> int:
+        return self.load[0].watts if self.load else self.import_w
+
+    @property
+    def start_export_w(self) -> int:
+        return self.export_load[0].watts if self.export_load else self.export_w
 
     @property
     def start_import_wh(self) -> tuple[int, ...]:
@@ -182,6 +260,86 @@ class ServedReadout:
 
 
 @dataclass(frozen=True)
+class ServedRead:
+    """One R1 answer in programming mode: ``value`` as sent in brackets (None: ``(ERROR)``),
+    ``at`` when the command had arrived (the registers' time), ``fault`` "bad_bcc" or ""."""
+
+    number: int
+    at: float
+    baud: int
+    register: str
+    value: str | None
+    fault: str = ""
+
+
+@dataclass(frozen=True)
+class ReceivedCommand:
+    """One message as the reader wrote it, ``at`` the time it started to arrive.
+
+    ``kind`` is ``request``, ``ack``, ``read`` (R1, ``register`` says which), ``break`` (B0),
+    ``repeat`` (NAK) or a violation (see :data:`ALLOWED_KINDS`). It was recorded as sent,
+    whether the meter heard it or not (it does not while it talks or listens at another rate).
+    """
+
+    at: float
+    data: bytes
+    kind: str
+    register: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.kind in ALLOWED_KINDS
+
+
+def classify(message: bytes) -> tuple[str, str]:
+    """``(kind, register)`` of one message a reader sent (see :class:`ReceivedCommand`)."""
+    if _REQUEST_RE.fullmatch(message):
+        return "request", ""
+    ack = _ACK_RE.fullmatch(message)
+    if ack is not None:
+        protocol, baud, mode = (chr(group[0]) for group in ack.groups())
+        allowed = protocol == "0" and baud in BAUD_RATES and mode in "01"
+        return ("ack" if allowed else "forbidden"), ""
+    if message == bytes((NAK,)):
+        return "repeat", ""
+    command = _COMMAND_RE.fullmatch(message)
+    if command is None:
+        return "garbage", ""
+    if bcc(message[1:-1]) != message[-1]:
+        return "bad_bcc", ""
+    name, data = command.groups()
+    read = _READ_RE.fullmatch(data) if name == b"R1" and data is not None else None
+    if read is not None:
+        return "read", read.group(1).decode("ascii")
+    return ("break" if name == b"B0" and data is None else "forbidden"), ""
+
+
+class _Framer:
+    """Cuts bytes into messages: SOH or STX up to ETX and the BCC after it, a lone NAK, or
+    anything else up to LF. Unterminated noise longer than the longest message is forgotten."""
+
+    def __init__(self) -> None:
+        self.inbox = bytearray()
+
+    def push(self, byte: int) -> bytes | None:
+        inbox = self.inbox
+        if not inbox and byte == NAK:
+            return bytes((NAK,))
+        if byte == SOH and inbox and inbox[0] != SOH:
+            inbox.clear()  # noise before a command
+        inbox.append(byte)
+        framed = inbox[0] in (SOH, STX)
+        if (framed and 0 <= inbox.find(ETX) == len(inbox) - 2) or (not framed and byte == LF):
+            message = bytes(inbox)
+            inbox.clear()
+            return message
+        return None
+
+    def trim(self) -> None:
+        del self.inbox[:-_INBOX_LIMIT]
+
+
+@dataclass(frozen=True)
 class Transmission:
     """Bytes the meter puts on the line at ``baud``, first character starting at ``start``."""
 
@@ -203,10 +361,16 @@ class Transmission:
 class SessionState(Enum):
     IDLE = "idle"
     AWAIT_ACK = "await_ack"
+    PROGRAMMING = "programming"
 
 
 class MeterModel:
-    """One simulated meter. Not thread-safe: a runner calls it from one thread at a time."""
+    """One simulated meter. Not thread-safe: a runner calls it from one thread at a time.
+
+    ``commands`` (the last 10000 :class:`ReceivedCommand`), ``command_counts`` (per kind, since
+    start) and ``violations`` (their count) tell what the reader sent; ``history`` holds the
+    last 64 readouts and ``reads`` the last 4096 R1 answers.
+    """
 
     def __init__(self, config: MeterConfig, now: float) -> None:
         self._config = config
@@ -215,25 +379,58 @@ class MeterModel:
             now,
             import_wh=config.start_import_wh,
             export_wh=config.start_export_wh,
-            import_w=config.import_w,
-            export_w=config.export_w,
+            import_w=config.start_import_w,
+            export_w=config.start_export_w,
             tariff=config.tariff,
         )
+        self._started = now
+        steps = [(now + step.at, "import", step.watts) for step in config.load[1:]]
+        steps += [(now + step.at, "export", step.watts) for step in config.export_load[1:]]
+        self._steps = deque(sorted(steps))
         self._state = SessionState.IDLE
-        self._inbox = bytearray()
+        self._heard = _Framer()  # what the meter hears: drives the session
+        self._sent = _Framer()  # what the reader wrote: the command log
         self._busy_until = float("-inf")
         self._ack_deadline = float("-inf")
         self._lockout_until = float("-inf")
         self._readouts = 0
+        self._prog_baud = LISTEN_BAUD
+        self._prog_deadline = float("-inf")
+        self._last_answer = b""
+        self._reads = 0
         self.history: deque[ServedReadout] = deque(maxlen=64)
+        self.reads: deque[ServedRead] = deque(maxlen=4096)
+        self.commands: deque[ReceivedCommand] = deque(maxlen=10_000)
+        self.command_counts: Counter[str] = Counter()
+        self.progmode_timeouts = 0  # sessions that ended because the reader fell silent
 
     @property
     def config(self) -> MeterConfig:
         return self._config
 
     @property
+    def started(self) -> float:
+        """The instant the meter started: load steps and silent_from count from here."""
+        return self._started
+
+    @property
+    def violations(self) -> int:
+        """How many messages the reader sent that a read-only reader must not send."""
+        return sum(n for kind, n in self.command_counts.items() if kind not in ALLOWED_KINDS)
+
+    @property
+    def _inbox(self) -> bytearray:
+        return self._heard.inbox
+
+    @property
     def listen_baud(self) -> int:
-        return LISTEN_BAUD
+        """The rate the meter listens at (as of the last call that brought it up to date)."""
+        return self._prog_baud if self._state is SessionState.PROGRAMMING else LISTEN_BAUD
+
+    def listen_baud_at(self, now: float) -> int:
+        """The rate the meter listens at ``now``: 300 Bd, or the agreed rate in programming mode."""
+        self._expire(now)
+        return self.listen_baud
 
     def state(self, now: float) -> SessionState:
         self._expire(now)
@@ -245,46 +442,81 @@ class MeterModel:
 
     # -- counters -------------------------------------------------------------------------
 
+    def _energy(self, now: float) -> EnergyCounters:
+        """The counters with every load step up to ``now`` applied at its own instant."""
+        while self._steps and self._steps[0][0] <= now:
+            at, direction, watts = self._steps.popleft()
+            if direction == "import":
+                self._counters.set_power(at, import_w=watts)
+            else:
+                self._counters.set_power(at, export_w=watts)
+        return self._counters
+
     def registers(self, now: float) -> Registers:
-        return self._counters.snapshot(now)
+        return self._energy(now).snapshot(now)
 
     def set_power(
         self, now: float, import_w: int | None = None, export_w: int | None = None
     ) -> None:
-        self._counters.set_power(now, import_w, export_w)
+        """Change the power from ``now`` on (until the next step of a load profile)."""
+        self._energy(now).set_power(now, import_w, export_w)
 
     def set_tariff(self, now: float, tariff: int) -> None:
-        self._counters.set_tariff(now, tariff)
+        self._energy(now).set_tariff(now, tariff)
 
     # -- protocol -------------------------------------------------------------------------
 
-    def receive(self, data: bytes, now: float) -> list[Transmission]:
-        """Feed bytes that started arriving at ``now`` (at 300 Bd); return the meter's answer."""
-        received_at = now + len(data) * byte_time(LISTEN_BAUD, self._config.speedup)
+    def receive(self, data: bytes, now: float, sent: bytes | None = None) -> list[Transmission]:
+        """Feed bytes that started arriving at ``now`` at the listening rate; return the answer.
+
+        ``sent`` is what the reader wrote, when a wrong baud rate made the meter hear ``data``
+        instead (default: ``data``); the command log is made from it.
+        """
+        self._log(data if sent is None else sent, now)
+        listen = self.listen_baud_at(now)
+        received_at = now + len(data) * byte_time(listen, self._config.speedup)
         self._expire(received_at)
         if received_at < self._busy_until:
             return []  # talking, not listening
+        if self._deaf(received_at):
+            return []
         for byte in data:
-            self._inbox.append(byte & 0x7F)
-            if byte & 0x7F != 0x0A:
+            message = self._heard.push(byte & 0x7F)
+            if message is None:
                 continue
-            message = bytes(self._inbox)
-            self._inbox.clear()
             answer = self._on_message(message, received_at)
             if answer:
                 return answer  # the rest arrived while the meter was about to talk
-        del self._inbox[:-_INBOX_LIMIT]
+        self._heard.trim()
         return []
+
+    def _log(self, sent: bytes, now: float) -> None:
+        for byte in sent:
+            message = self._sent.push(byte & 0x7F)
+            if message is not None:
+                kind, register = classify(message)
+                self.commands.append(ReceivedCommand(now, message, kind, register))
+                self.command_counts[kind] += 1
+        self._sent.trim()
+
+    def _deaf(self, now: float) -> bool:
+        start = self._started + self.faults.silent_from
+        return self.faults.silent_for > 0 and start <= now < start + self.faults.silent_for
 
     def _expire(self, now: float) -> None:
         if self._state is SessionState.AWAIT_ACK and now > self._ack_deadline:
             self._end_session(self._ack_deadline)
+        elif self._state is SessionState.PROGRAMMING and now > self._prog_deadline:
+            self.progmode_timeouts += 1
+            self._end_session(self._prog_deadline)
 
     def _end_session(self, at: float) -> None:
         self._state = SessionState.IDLE
         self._lockout_until = at + self.faults.lockout
 
     def _on_message(self, message: bytes, now: float) -> list[Transmission]:
+        if self._state is SessionState.PROGRAMMING:
+            return self._on_command(message, now)
         request = _REQUEST_RE.search(message)
         if request is not None:
             return self._on_request(request.group(1).decode("ascii"), now)
@@ -310,21 +542,85 @@ class MeterModel:
         return [ident]
 
     def _on_ack(self, protocol: str, baud_char: str, mode: str, now: float) -> list[Transmission]:
-        # Protocol '0' = normal; mode '0' = data readout. Programming mode ('1') is not offered,
-        # and a rate above the proposed one is refused: both end the session without an answer.
-        refused = protocol != "0" or mode != "0" or baud_char > self._config.proposed_baud_char
+        # Protocol '0' = normal; mode '0' = data readout, '1' = programming mode (answered as
+        # MeterConfig.progmode says). Other modes and a rate above the proposed one are refused:
+        # the session ends without an answer.
+        refused = protocol != "0" or mode not in "01" or baud_char > self._config.proposed_baud_char
         if refused or self.faults.silent:
             self._end_session(now)
             return []
         baud = LISTEN_BAUD if self.faults.ignore_baud else BAUD_RATES[baud_char]
+        if mode == "1":
+            answer = self.faults.refuse_progmode or self._config.progmode
+            if answer == "on":
+                return [self._enter_programming(baud, now)]
+            if answer == "nak":
+                nak = self._transmit(bytes((NAK,)), baud, now + self._reaction)
+                self._end_session(nak.end)
+                return [nak]
+            if answer == "ignore":
+                self._end_session(now)
+                return []
         self._readouts += 1
-        lines = self._config.profile.data_lines(self._config.serial, self._counters.snapshot(now))
+        registers = self._energy(now).snapshot(now)
+        lines = self._config.profile.data_lines(self._config.serial, registers)
         block, fault = self._readout_block(lines, self._readouts)
         served = ServedReadout(self._readouts, now, baud, lines, fault)
         self.history.append(served)
         readout = self._transmit(block, baud, now + self._reaction, served)
         self._end_session(readout.end)
         return [readout]
+
+    # -- programming mode -----------------------------------------------------------------
+
+    def _enter_programming(self, baud: int, now: float) -> Transmission:
+        self._state = SessionState.PROGRAMMING
+        self._prog_baud = baud
+        self._last_answer = _message(b"P0", b"()")
+        operand = self._transmit(self._last_answer, baud, now + self._reaction)
+        self._prog_deadline = operand.end + self._config.progmode_timeout
+        return operand
+
+    def _on_command(self, message: bytes, now: float) -> list[Transmission]:
+        kind, register = classify(message)
+        if kind == "garbage" or self.faults.silent:
+            return []  # noise, a request or an ACK at this rate: not a command
+        self._prog_deadline = now + self._config.progmode_timeout
+        if kind == "break":
+            self._end_session(now)
+            return []
+        if kind == "read":
+            answer = self._answer_read(register, now)
+        elif kind == "repeat" and self._last_answer:
+            answer = self._transmit(self._last_answer, self._prog_baud, now + self._reaction)
+        elif kind in ("bad_bcc", "forbidden"):
+            answer = self._transmit(bytes((NAK,)), self._prog_baud, now + self._reaction)
+        else:
+            return []
+        self._prog_deadline = answer.end + self._config.progmode_timeout
+        return [answer]
+
+    def _answer_read(self, register: str, now: float) -> Transmission:
+        self._reads += 1
+        value = self._register_value(register, now)
+        payload = bytes((STX,)) + f"({'ERROR' if value is None else value})".encode("ascii")
+        payload += bytes((ETX,))
+        check = bcc(payload[1:])
+        self._last_answer = payload + bytes((check,))  # a repeat (NAK) gets it intact
+        fault = "bad_bcc" if self.faults.read_bad_bcc_at == self._reads else ""
+        data = payload + bytes((check ^ 0x01,)) if fault else self._last_answer
+        self.reads.append(ServedRead(self._reads, now, self._prog_baud, register, value, fault))
+        return self._transmit(data, self._prog_baud, now + self._reaction)
+
+    def _register_value(self, register: str, now: float) -> str | None:
+        """The value as the readout shows it, or None when the meter has no such register."""
+        if any(_same_register(code, register) for code in self.faults.error_registers):
+            return None
+        registers = self._energy(now).snapshot(now)
+        for code, value in self._config.profile.data_lines(self._config.serial, registers):
+            if _same_register(code, register):
+                return value
+        return None
 
     @property
     def _reaction(self) -> float:
@@ -403,3 +699,27 @@ def _shift_energy(value: str, wh: int) -> str:
     whole, _, fraction = number.partition(".")
     total = max(int(whole) * 1000 + int(fraction) + wh, 0)
     return f"{total // 1000:0{len(whole)}d}.{total % 1000:03d}*{unit}"
+
+
+def _message(head: bytes, data: bytes) -> bytes:
+    """``SOH head STX data ETX BCC``, BCC over everything after SOH."""
+    body = head + bytes((STX,)) + data + bytes((ETX,))
+    return bytes((SOH,)) + body + bytes((bcc(body),))
+
+
+def _obis(code: str, what: str) -> ObisCode:
+    try:
+        return ObisCode.parse(code)
+    except ProtocolError:
+        raise ConfigError(f"{what}: {code!r} is not an OBIS code") from None
+
+
+def _same_register(code: str, asked: str) -> bool:
+    """``1.8.0`` and ``1-0:1.8.0*255`` name the same register; ``C.1.0`` is ``C.1.0``."""
+    if code == asked:
+        return True
+    try:
+        ours, theirs = ObisCode.parse(code), ObisCode.parse(asked)
+    except ProtocolError:
+        return False
+    return ours == theirs or (ours.means(theirs.cde) and theirs.means(ours.cde))

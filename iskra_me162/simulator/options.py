@@ -3,6 +3,28 @@
 One table of names serves all three, so ``sim://me162?echo=1&corrupt_every=3``, ``--echo
 --corrupt-every 3`` and a control file line ``corrupt_every = 3`` mean the same thing and are
 checked the same way.
+
+The meter: ``serial``, ``power`` / ``export`` (W), ``tariff``, ``import_wh`` / ``export_wh``
+(start values per tariff), ``baud_char``, ``speedup``, ``reaction`` (s), ``ack_timeout`` (s),
+
+* ``load`` / ``export_load``: the power in steps, ``W[,W@Ts]...``: ``load=300,2000@20s,800@60s``
+  is 300 W from the start, 2000 W from 20 s and 800 W from 60 s on (instead of ``power``);
+* ``progmode``: what the meter does with ``ACK 0 Z 1`` (programming mode): ``on`` (answers P0
+  and then R1, B0 and NAK, as a real ME162), ``ignore`` (the default: no answer, the session
+  ends), ``readout`` (a data readout) or ``nak`` (NAK); 1/yes/true = ``on``, 0/no = ``ignore``;
+* ``progmode_timeout``: seconds without a command before the meter drops programming mode
+  and listens at 300 Bd again (default 60).
+
+Faults (also in a control file): ``echo``, ``noise``, ``noise_byte``, ``ignore_baud``,
+``corrupt_every``, ``bad_bcc_every``, ``truncate_every``, ``silent``, ``lockout``,
+``high_bit`` (see :class:`~iskra_me162.simulator.model.Faults`), and for programming mode
+
+* ``refuse_progmode``: ``nak``, ``ignore`` or ``readout`` (1/yes = ``nak``): a meter with
+  programming mode refuses it while this is set;
+* ``read_bad_bcc_at=N``: the Nth R1 answer since the start has a wrong BCC;
+* ``silent_from=T&silent_for=S``: from T seconds after the start, for S seconds, the meter
+  hears nothing and answers nothing (a hand in front of the head);
+* ``error_registers=1.8.0,2.8.0``: R1 of these registers is answered ``(ERROR)``.
 """
 
 from __future__ import annotations
@@ -12,7 +34,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 
 from iskra_me162.errors import ConfigError
-from iskra_me162.simulator.model import Faults, MeterConfig
+from iskra_me162.simulator.counters import parse_load
+from iskra_me162.simulator.model import PROGMODE_ANSWERS, Faults, MeterConfig
 from iskra_me162.simulator.profiles import profile_named
 
 _TRUE = {"", "1", "true", "yes", "on"}  # "" = bare flag, e.g. sim://me162?echo
@@ -43,6 +66,28 @@ def _wh_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
+def _answer(text: str, answers: tuple[str, ...], yes: str, no: str) -> str:
+    lowered = text.strip().lower()
+    if lowered in answers:
+        return lowered
+    try:
+        return yes if _bool(lowered) else no
+    except ValueError:
+        raise ValueError(f"expected {', '.join(answers)} (or 1/0)") from None
+
+
+def _progmode(text: str) -> str:
+    return _answer(text, PROGMODE_ANSWERS, "on", "ignore")
+
+
+def _refusal(text: str) -> str:
+    return _answer(text, PROGMODE_ANSWERS[1:], "nak", "")
+
+
+def _codes(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 # name -> (which dataclass, field, parser)
 _CONFIG_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "serial": ("serial", str.strip),
@@ -55,6 +100,10 @@ _CONFIG_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "speedup": ("speedup", _float),
     "reaction": ("reaction_time", _float),
     "ack_timeout": ("ack_timeout", _float),
+    "load": ("load", parse_load),
+    "export_load": ("export_load", parse_load),
+    "progmode": ("progmode", _progmode),
+    "progmode_timeout": ("progmode_timeout", _float),
 }
 _FAULT_OPTIONS: dict[str, Callable[[str], object]] = {
     "echo": _bool,
@@ -67,6 +116,11 @@ _FAULT_OPTIONS: dict[str, Callable[[str], object]] = {
     "silent": _bool,
     "lockout": _float,
     "high_bit": _bool,
+    "refuse_progmode": _refusal,
+    "read_bad_bcc_at": _int,
+    "silent_from": _float,
+    "silent_for": _float,
+    "error_registers": _codes,
 }
 # What a running meter can change (a control file, PtyMeter.set_faults / set_power / set_tariff).
 RUNTIME_OPTIONS = frozenset({*_FAULT_OPTIONS, "power", "export", "tariff"})
@@ -105,6 +159,9 @@ def parse_config(options: Mapping[str, str], profile: str = "me162") -> MeterCon
         else:
             known = ", ".join(sorted(OPTION_NAMES))
             raise ConfigError(f"unknown simulator option {name!r} (known: {known})")
+    for constant, steps in (("power", "load"), ("export", "export_load")):
+        if constant in options and steps in options:
+            raise ConfigError(f"simulator options {constant} and {steps}: give one of them")
     return MeterConfig(
         profile=profile_named(profile), faults=parse_faults(fault_texts), **config_changes
     )  # type: ignore[arg-type]  # values were converted by the table's parsers

@@ -53,6 +53,8 @@ from iskra_me162.simulator.model import (
     Faults,
     MeterConfig,
     MeterModel,
+    ReceivedCommand,
+    ServedRead,
     ServedReadout,
     Transmission,
 )
@@ -230,6 +232,30 @@ class PtyMeter:
         """The last (up to 64) data readouts the meter sent, oldest first."""
         return self._call(lambda: list(self._model.history))
 
+    @property
+    def reads(self) -> list[ServedRead]:
+        """The last (up to 4096) R1 answers in programming mode, oldest first."""
+        return self._call(lambda: list(self._model.reads))
+
+    @property
+    def commands(self) -> list[ReceivedCommand]:
+        """The last (up to 10000) messages the reader wrote, as written, oldest first."""
+        return self._call(lambda: list(self._model.commands))
+
+    @property
+    def violations(self) -> int:
+        """Messages since start that a read-only reader must not send (W, E, P, garbage ...)."""
+        return self._call(lambda: self._model.violations)
+
+    @property
+    def started(self) -> float:
+        """When the meter started (on ``clock``): load steps and ``silent_from`` count from here."""
+        return self._model.started
+
+    def state(self) -> Any:
+        """The meter's session state now (:class:`~.model.SessionState`)."""
+        return self._call(lambda: self._model.state(self._clock()))
+
     # --- plumbing -----------------------------------------------------------------------------
     def _call(self, function: Callable[[], _T]) -> _T:
         thread = self._thread
@@ -377,13 +403,14 @@ class PtyMeter:
         # was the reader's rate when the meter last looked or is its rate now.
         rate_before, rate_now = self._seen_rate, self._reader_speed(_OSPEED)
         self._seen_rate = rate_now
-        listen = self._model.listen_baud
+        now = self._clock()
+        listen = self._model.listen_baud_at(now)
         if listen in (rate_before, rate_now):
             heard = data
         else:
             heard = garble(data, rate_now, listen)
             log.debug("reader talks at %d Bd, meter hears %r", rate_now, heard)
-        for transmission in self._model.receive(heard, self._clock()):
+        for transmission in self._model.receive(heard, now, sent=data):
             self._pending.append(_Outgoing(transmission))
             if transmission.readout is not None:
                 self._report(transmission.readout)

@@ -401,7 +401,10 @@ class SmlPushModel:
     def listen_baud(self) -> int:
         return self._config.baud
 
-    def receive(self, data: bytes, now: float) -> list[Transmission]:
+    def listen_baud_at(self, now: float) -> int:
+        return self._config.baud
+
+    def receive(self, data: bytes, now: float, sent: bytes | None = None) -> list[Transmission]:
         """The info interface of a push meter has no receiver worth the name: nothing happens."""
         return []
 
@@ -488,7 +491,7 @@ class SmlPushModel:
                 values.append((_obis_text(code), Decimal(sent).scaleb(energy_scaler), "Wh"))
         if not faults.no_pin:
             watts = registers.import_w - registers.export_w
-            sent = watts * 10 ** -config.power_scaler
+            sent = watts * 10**-config.power_scaler
             entries.append(ListEntry(_POWER, sent, UNIT_W, config.power_scaler, width=4))
             values.append((_obis_text(_POWER), Decimal(sent).scaleb(config.power_scaler), "W"))
         entries.append(ListEntry(_PUBLIC_KEY, _public_key(config.serial, faults.escape)))
@@ -732,4 +735,3 @@ class SmlPtyMeter(PtyMeter):
         check = select.poll()
         check.register(master, select.POLLIN)
         return not any(event & select.POLLHUP for _, event in check.poll(0))
-

@@ -4,7 +4,20 @@ Examples: ``sim://me162``, ``sim://me162?power=450``, ``sim://mt174?speedup=inf&
 ``sim://simple?corrupt_every=3&export=1200``. The options are those of
 :mod:`iskra_me162.simulator.options` (``power``, ``export``, ``tariff``, ``serial``, ``speedup``,
 ``echo``, ``noise``, ``ignore_baud``, ``corrupt_every``, ``bad_bcc_every``, ``truncate_every``,
-``silent``, ``lockout``, ``high_bit`` ...). ``sim://mt175?power=800&interval=1`` is an SML push
+``silent``, ``lockout``, ``high_bit`` ...).
+
+Programming mode and live power: ``sim://me162?progmode=on&load=300,2000@20s`` is an ME162
+that answers ``ACK 0 Z 1`` with P0 and then R1 (``(ERROR)`` for a register it lacks), B0 and
+NAK, drops programming mode after ``progmode_timeout`` s (60) without a command, and draws
+300 W, then 2000 W from 20 s after the port was opened (``load=300,2000@20s,800@60s``: more
+steps; ``export_load`` the same for export). Without ``progmode=on`` the meter has no
+programming mode (``progmode=readout`` / ``nak``: how it says so). Faults for tests:
+``refuse_progmode=nak``, ``read_bad_bcc_at=N``, ``silent_from=T&silent_for=S``,
+``error_registers=1.8.0``. ``Serial.commands`` / ``violations`` tell what the reader wrote
+(``iskra_me162.protocols.iec62056_21.is_allowed_command`` is the reader's side of that list),
+``Serial.reads`` what the meter answered.
+
+``sim://mt175?power=800&interval=1`` is an SML push
 meter instead (options of :mod:`iskra_me162.simulator.sml_push`): it sends a frame every
 ``interval`` seconds at 9600 8N1 without being asked. A bad URL raises
 :class:`~iskra_me162.errors.ConfigError`, because it is a configuration mistake that no
@@ -36,7 +49,10 @@ from iskra_me162.simulator.model import (
     Faults,
     MeterConfig,
     MeterModel,
+    ReceivedCommand,
+    ServedRead,
     ServedReadout,
+    SessionState,
     Transmission,
 )
 from iskra_me162.simulator.options import parse_config
@@ -183,11 +199,11 @@ class Serial(SerialBase):
             self._advance(now)
             if model.faults.echo:
                 self._segments.append(_Segment(bytes(data), now, 0.0))
-            listen = model.listen_baud
+            listen = model.listen_baud_at(now)
             heard = (
                 data if self._line_baud == listen else self._garble(data, self._line_baud, listen)
             )
-            self._scheduled.extend(model.receive(heard, now))
+            self._scheduled.extend(model.receive(heard, now, sent=bytes(data)))
             line_time = len(data) * byte_time(self._line_baud, model.config.speedup)
             self._write_done = max(self._write_done, now) + line_time
             self._condition.notify_all()
@@ -287,6 +303,35 @@ class Serial(SerialBase):
             return list(self._require_model().history)
 
     @property
+    def reads(self) -> list[ServedRead]:
+        """The R1 answers of a mode C meter in programming mode, oldest first."""
+        with self._condition:
+            return list(self._require_mode_c().reads)
+
+    @property
+    def commands(self) -> list[ReceivedCommand]:
+        """The messages the reader wrote to a mode C meter, as written, oldest first."""
+        with self._condition:
+            return list(self._require_mode_c().commands)
+
+    @property
+    def violations(self) -> int:
+        """Messages a read-only reader must not send (W, E, P, garbage ...), since open."""
+        with self._condition:
+            return self._require_mode_c().violations
+
+    @property
+    def started(self) -> float:
+        """When the meter started (time.monotonic): load steps count from here."""
+        with self._condition:
+            return self._require_mode_c().started
+
+    def state(self) -> SessionState:
+        """The mode C meter's session state now."""
+        with self._condition:
+            return self._require_mode_c().state(self._clock())
+
+    @property
     def frames(self) -> list[ServedFrame]:
         """The frames an SML push meter sent (heard or not), oldest first."""
         with self._condition:
@@ -304,6 +349,12 @@ class Serial(SerialBase):
         if self._model is None:
             raise PortNotOpenError()
         return self._model
+
+    def _require_mode_c(self) -> MeterModel:
+        model = self._require_model()
+        if not isinstance(model, MeterModel):
+            raise ConfigError("this sim:// meter is an SML push meter: no mode C commands")
+        return model
 
     def _advance(self, now: float) -> None:
         """Put every transmission that has started by ``now`` on the line at today's rate."""
