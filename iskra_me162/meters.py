@@ -85,39 +85,7 @@ class IecMeter:
 
     def read(self) -> Readout:
         """One complete session; raises PortError, MeterTimeout or ProtocolError on failure."""
-        self.port.open()
-        self.port.set_baudrate(INITIAL_BAUD)
-        self.port.discard_input()
-        self.port.write(iec.REQUEST)
-
-        ident, leftover = self._receive_identification()
-        ident_time = time.monotonic()
-        log.debug(
-            "identification %s: manufacturer %s, baud character %r (%s), reaction time %d ms",
-            ident.ident,
-            ident.manufacturer,
-            ident.baud_char,
-            ident.baudrate or "no switch",
-            ident.reaction_time * 1000,
-        )
-        data_baud = iec.data_baudrate(ident, highspeed=self.highspeed_now)
-        switch_to = data_baud if data_baud != INITIAL_BAUD else None
-        ack = iec.build_ack(ident, highspeed=switch_to is not None)
-
-        # The meter needs its reaction time before it listens again; the ACK must still leave
-        # within 1.5 s of the identification.
-        wait = ident.reaction_time - (time.monotonic() - ident_time)
-        if wait > 0:
-            time.sleep(wait)
-        self.port.write(ack)
-        if time.monotonic() - ident_time > ACK_DEADLINE:
-            log.warning(
-                "the ACK left %.2f s after the identification", time.monotonic() - ident_time
-            )
-        if switch_to is not None:
-            time.sleep(self.baud_switch_delay)
-            self.port.set_baudrate(switch_to)
-
+        ident, ack, leftover, switch_to = self._start_session(iec.READOUT_MODE)
         try:
             block = self._receive_data(ack, leftover)
         except (MeterTimeout, ProtocolError) as error:
@@ -139,6 +107,43 @@ class IecMeter:
             wall_time=datetime.now(UTC),
             monotonic=time.monotonic(),
         )
+
+    def _start_session(self, option: str) -> tuple[iec.Identification, bytes, bytes, int | None]:
+        """Request, identification, ACK with ``option`` and the baud switch: (identification,
+        the ACK sent, bytes that came after the identification, the baud rate switched to)."""
+        self.port.open()
+        self.port.set_baudrate(INITIAL_BAUD)
+        self.port.discard_input()
+        self.port.write(iec.REQUEST)
+
+        ident, leftover = self._receive_identification()
+        ident_time = time.monotonic()
+        log.debug(
+            "identification %s: manufacturer %s, baud character %r (%s), reaction time %d ms",
+            ident.ident,
+            ident.manufacturer,
+            ident.baud_char,
+            ident.baudrate or "no switch",
+            ident.reaction_time * 1000,
+        )
+        data_baud = iec.data_baudrate(ident, highspeed=self.highspeed_now)
+        switch_to = data_baud if data_baud != INITIAL_BAUD else None
+        ack = iec.build_ack(ident, highspeed=switch_to is not None, option=option)
+
+        # The meter needs its reaction time before it listens again; the ACK must still leave
+        # within 1.5 s of the identification.
+        wait = ident.reaction_time - (time.monotonic() - ident_time)
+        if wait > 0:
+            time.sleep(wait)
+        self.port.write(ack)
+        if time.monotonic() - ident_time > ACK_DEADLINE:
+            log.warning(
+                "the ACK left %.2f s after the identification", time.monotonic() - ident_time
+            )
+        if switch_to is not None:
+            time.sleep(self.baud_switch_delay)
+            self.port.set_baudrate(switch_to)
+        return ident, ack, leftover, switch_to
 
     def _receive_identification(self) -> tuple[iec.Identification, bytes]:
         """The identification, and any bytes that came after its line in the same read."""

@@ -148,7 +148,7 @@ def build_ack(identification: Identification, highspeed: bool, option: str = "0"
     (see :func:`data_baudrate`); without it, or when the meter offers no mode C rate, ``Z`` is
     ``0`` and both sides stay at 300 Bd. ``option`` Y: ``"0"`` readout, ``"1"`` programming mode.
     """
-    if option not in ("0", PROGRAMMING_MODE):
+    if option not in (READOUT_MODE, PROGRAMMING_MODE):
         raise ValueError(f"option must be '0' (readout) or '1' (programming), not {option!r}")
     switch = highspeed and identification.baudrate is not None
     baud_char = identification.baud_char if switch else "0"
@@ -484,7 +484,7 @@ def parse_readout(raw: bytes) -> tuple[Identification | None, tuple[Reading, ...
 # --- programming mode: single registers, read-only ------------------------------------------
 
 SOH, NAK = 0x01, 0x15
-PROGRAMMING_MODE = "1"  # the option character Y of ACK 0 Z Y CR LF
+READOUT_MODE, PROGRAMMING_MODE = "0", "1"  # the option character Y of ACK 0 Z Y CR LF
 REPEAT_REQUEST = bytes((NAK,))  # asks the meter to send its last message again
 ALLOWED_COMMANDS = (b"/?", bytes((ACK,)), b"\x01R1\x02", b"\x01B0\x03", REPEAT_REQUEST)
 """How every message the daemon may send begins: request, ACK (option select), R1 (read one
