@@ -201,6 +201,18 @@ class Config:
         minimum=0.0,
         maximum=1.5,
     )
+    live_power: bool = METER.key(
+        False,
+        "iec62056-21: read the counters every live_power_interval in the meter's programming "
+        "mode (read-only, no password) and take the power from the timing of their 1 Wh steps",
+    )
+    live_power_interval: float = METER.key(
+        0.5,
+        "seconds between two polls of the counters with live_power (the accuracy is about this "
+        "interval divided by the time between two 1 Wh steps)",
+        minimum=0.2,
+        maximum=10.0,
+    )
 
     # --- the daemon's loop -------------------------------------------------------------------
     update_interval: int = DAEMON.key(

@@ -39,9 +39,11 @@ from iskra_me162.systemd import Notifier
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 5.0  # seconds; doubles per failed cycle up to update_interval
-# Sinks that get every frame of a push meter (SML, every 1-4 s); the others get one readout per
-# update_interval, as with a pull meter.
-LIVE_SINKS = frozenset({"http"})
+# Sinks that get every new reading of a push meter (SML, every 1-4 s) or of a meter polled live
+# (live_power), at most one a second and only when a value changed; the others get one readout
+# per update_interval, as with a pull meter.
+LIVE_SINKS = frozenset({"http", "mqtt"})
+LIVE_MIN_INTERVAL = 1.0  # seconds
 
 
 class Sink(Protocol):
@@ -117,6 +119,16 @@ def build_meter(config: Config, tick: Callable[[], None]) -> Meter:
         seven_bit_line=True,
         tick=tick,
     )
+    if config.live_power:
+        from iskra_me162.live_meter import LiveIecMeter
+
+        return LiveIecMeter(
+            port,
+            config.use_highspeed,
+            config.baud_switch_delay,
+            poll_interval=config.live_power_interval,
+            full_every=config.update_interval,
+        )
     return IecMeter(port, config.use_highspeed, config.baud_switch_delay)
 
 
@@ -233,7 +245,13 @@ def status_line(values: Values) -> str:
     net = values.net_power
     if net is not None:
         span = f" over {net.span_s:.0f} s" if net.span_s is not None else ""
-        parts.append(f"power {net.watts:.0f} W (from the {net.source}{span})")
+        source = f"from the {net.source}{span}"
+        if values.import_power and values.export_power and net.source == "mixed":
+            source = (
+                f"import from the {values.import_power.source}, "
+                f"export from the {values.export_power.source}"
+            )
+        parts.append(f"power {net.watts:.0f} W ({source})")
     when = values.wall_time.strftime("%Y-%m-%d %H:%M:%S UTC")
     name = values.identity.model or values.identity.meter_id
     return f"{name}: {', '.join(parts) or 'no energy registers'} at {when}"
@@ -252,6 +270,8 @@ class Daemon:
         self.sinks = build_sinks(config)
         self.failed_cycles = 0
         self.watchdog_starved = False
+        self._live_key: object = None  # what the live sinks got last, and when
+        self._live_sent_at = float("-inf")
         self._pushing = False  # inside sink.publish(): SIGTERM interrupts it at once
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -375,11 +395,24 @@ class Daemon:
             log.info("%s", status_line(values))
             self._publish(values, self.sinks)
             due = self._next_slot(due, now)
-        else:
+        elif self._live_news(values, now):
             log.debug("%s", status_line(values))
             self._publish(values, [sink for sink in self.sinks if sink.name in LIVE_SINKS])
         self._feed_watchdog(time.monotonic())
         return due
+
+    def _live_news(self, values: Values, now: float) -> bool:
+        """Whether the live sinks get ``values``: a value changed, and a second has passed."""
+        net = values.net_power
+        key = (
+            values.import_energy and values.import_energy.total_wh,
+            values.export_energy and values.export_energy.total_wh,
+            net and net.watts,
+        )
+        if key == self._live_key or now - self._live_sent_at < LIVE_MIN_INTERVAL:
+            return False
+        self._live_key, self._live_sent_at = key, now
+        return True
 
     def _next_slot(self, due: float, now: float) -> float:
         """Fixed rate on the monotonic clock: the slot after the one just served, skipping any
@@ -503,14 +536,7 @@ class Daemon:
 
         setup_logging(new.print_debug, new.secrets)
         self.config = new
-        meter_keys = (
-            "port",
-            "protocol",
-            "serial_format",
-            "use_highspeed",
-            "baud_switch_delay",
-            "sml_baudrate",
-        )
+        meter_keys = (*keys_of("meter"), "update_interval" if new.live_power else "port")
         meter_changed = any(getattr(old, key) != getattr(new, key) for key in meter_keys)
         if meter_changed:
             self.meter.close()

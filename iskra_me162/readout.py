@@ -71,12 +71,17 @@ class Readout:
 
     ``wall_time`` is UTC (for displays and the HTTP endpoint); ``monotonic`` is
     ``time.monotonic()`` when it arrived (for power from counter deltas: the wall clock jumps).
+    ``polled`` is empty for a whole readout; with live power (register polling in programming
+    mode) it names the registers read on their own for this readout, each with the monotonic
+    time its answer arrived (``(("1.8.0", 12.25), ("2.8.0", 12.48))``): the other readings are
+    those of the last whole readout or earlier polls.
     """
 
     identity: MeterIdentity
     readings: tuple[Reading, ...]
     wall_time: datetime
     monotonic: float
+    polled: tuple[tuple[str, float], ...] = ()
 
     def get(self, cde: str) -> Reading | None:
         """The current electricity register ``cde`` (``"1.8.0"``), or None when absent."""

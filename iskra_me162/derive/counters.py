@@ -141,10 +141,10 @@ class CounterWindow:
             if current.monotonic - snapshot.monotonic >= self.min_span_s:
                 newest_old_enough = snapshot
         if newest_old_enough is None:
-            age = current.monotonic - self._snapshots[0].monotonic
+            # No age in the text: the daemon logs a reason once per change.
             return None, (
-                f"the earliest readout to compare with is only {age:.0f} s old; power from the "
-                f"counters needs at least {self.min_span_s:g} s"
+                "the earlier readouts are too recent; power from the counters needs a change "
+                f"over at least {self.min_span_s:g} s"
             )
         age = current.monotonic - newest_old_enough.monotonic
         if age > self.max_span_s:

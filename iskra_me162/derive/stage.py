@@ -11,8 +11,10 @@ Per readout, once:
    that went backwards or jumped beyond what a connection can deliver rejects the readout too,
    even from a meter that reports its power itself. Held back or rejected, nothing of it
    reaches any sink (:class:`~iskra_me162.errors.ReadoutRejected`).
-3. Power from the meter's power registers; a direction that has none gets the power from the
-   change of its counter (:mod:`.counters`) over at least ``min_span_s``, or none.
+3. Power from the meter's power registers; a direction that has none gets it from the timing of
+   its counter's steps when the counter is polled live (:mod:`.steps`, ``live_power``), else
+   (and until the steps say enough) from the change of its counter (:mod:`.counters`) over at
+   least ``min_span_s``, or none.
 4. The counters go into the window of recent snapshots and, for restarts, the state file
    (:mod:`.state`): written whatever sinks are enabled, atomically, only when it changed, at
    most once per ``min_span_s`` and once more at :meth:`Deriver.close`.
@@ -33,7 +35,8 @@ from iskra_me162.derive.counters import (
     power_between,
 )
 from iskra_me162.derive.state import SavedState, StateStore
-from iskra_me162.derive.values import FROM_COUNTERS, FROM_METER, Energy, Power, Values
+from iskra_me162.derive.steps import StepEstimator, StepPower
+from iskra_me162.derive.values import FROM_COUNTERS, FROM_METER, FROM_STEPS, Energy, Power, Values
 from iskra_me162.errors import ReadoutRejected
 from iskra_me162.readout import Readout
 
@@ -84,6 +87,7 @@ class Deriver:
         self._new_shape_seen = 0  # ... this many times in a row
         self._no_window_reason = "there is no earlier readout (cold start)"
         self._last: tuple[Readout, Values] | None = None
+        self._steps: dict[str, StepEstimator] = {}  # per polled counter (1.8.0, 2.8.0)
         saved = self._state.load()
         if saved is not None:
             if saved.boot_id and saved.boot_id == self._state.boot_id:
@@ -121,6 +125,7 @@ class Deriver:
             if problem:
                 # The readout becomes the new reference; the next consistent one is published.
                 self._window.restart([snapshot])
+                self._steps.clear()
                 raise ReadoutRejected(f"counters not trusted, nothing published: {problem}")
             if meter_import is None or (meter_export is None and exported is not None):
                 baseline, missing = self._window.baseline_for(snapshot)
@@ -132,8 +137,9 @@ class Deriver:
             self._save(snapshot)
         elif meter_import is None:
             missing = "the readout has neither power nor import energy registers"
-        import_power = meter_import or _counted(counted, "import", imported)
-        export_power = meter_export or _counted(counted, "export", exported)
+        stepped = self._step_power(readout)
+        import_power = meter_import or stepped.get("1.8.0") or _counted(counted, "import", imported)
+        export_power = meter_export or stepped.get("2.8.0") or _counted(counted, "export", exported)
         if export_power is None and exported is None and meter_import is not None:
             # The meter counts no export and has no export register: there is none.
             export_power = Power(Decimal(0), FROM_METER, "")
@@ -158,6 +164,24 @@ class Deriver:
         )
         self._last = (readout, values)
         return values
+
+    def _step_power(self, readout: Readout) -> dict[str, Power]:
+        """Power from step timing of the counters this readout polled (live power only)."""
+        found: dict[str, Power] = {}
+        for cde, asked_at in readout.polled:
+            reading = readout.get(cde)
+            wh = readout.energy_wh(cde)
+            if cde not in ("1.8.0", "2.8.0") or reading is None or wh is None:
+                continue
+            estimator = self._steps.get(cde)
+            if estimator is None:
+                estimator = self._steps[cde] = StepEstimator(_resolution_wh(reading.value, wh))
+            result: StepPower = estimator.poll(asked_at, wh)
+            if result.reset:
+                log.info("power from the steps of %s starts afresh: %s", cde, result.reset)
+            if result.watts is not None:
+                found[cde] = Power(result.watts, FROM_STEPS, cde, result.span_s)
+        return found
 
     def close(self) -> None:
         """Write the newest counters to the state file if they are not there yet."""
@@ -229,6 +253,15 @@ def _counted(counted: CounterPower | None, direction: str, energy: Energy | None
     # sink then shows the same number (Domoticz can take no other).
     whole = watts.to_integral_value(rounding=ROUND_HALF_UP)
     return Power(whole, FROM_COUNTERS, energy.source, counted.span_s)
+
+
+def _resolution_wh(value: Decimal | None, wh: Decimal) -> Decimal:
+    """The step of a counter register, from its last digit: 0032927.960 kWh steps by 1 Wh."""
+    if value is None or value == 0:
+        return Decimal(1)
+    exponent = value.as_tuple().exponent
+    digit = Decimal(1).scaleb(exponent if isinstance(exponent, int) else 0)
+    return abs(digit * wh / value)  # the register's unit to Wh
 
 
 def _names(found: frozenset[str]) -> str:

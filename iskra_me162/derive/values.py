@@ -16,6 +16,7 @@ from iskra_me162.readout import MeterIdentity, Readout
 # Where a power figure came from.
 FROM_METER = "meter"  # the meter's own power register(s)
 FROM_COUNTERS = "counters"  # the change of an energy counter over time
+FROM_STEPS = "steps"  # the timing of a polled counter's steps (live power, derive/steps.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,8 @@ class Power:
     """A power figure in W and where it came from: exact as the meter sent it, or whole watts
     from counter change.
 
-    ``source`` is :data:`FROM_METER` or :data:`FROM_COUNTERS`; ``registers`` names them
+    ``source`` is :data:`FROM_METER`, :data:`FROM_COUNTERS` or :data:`FROM_STEPS`; ``registers``
+    names them
     (``"1.7.0"``, ``"16.7.0"``, ``"1.8.0"``; ``""`` for an export power of 0 on a meter that
     counts no export). ``span_s`` is, for power from counters, the time the change was measured
     over.

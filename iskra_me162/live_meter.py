@@ -1,0 +1,242 @@
+"""A mode C meter read live (``live_power = True``): its counters polled in programming mode.
+
+The ISKRA ME162 sends no power register, and a readout every ``update_interval`` gives power only
+in steps of 3600 / interval W. In programming mode (option 1 of the ACK, no password) the meter
+answers single read commands in a quarter of a second, so the counters 1.8.0 and 2.8.0 can be
+read every ``poll_interval`` seconds and each 1 Wh step timed; the derive stage turns those times
+into power (:mod:`iskra_me162.derive.steps`).
+
+The session, as this meter runs it:
+
+1. The first :meth:`LiveIecMeter.read` is a whole readout (as :class:`~iskra_me162.meters.
+   IecMeter` does): it names the meter and the registers there are.
+2. Then a programming-mode session: request, identification, ``ACK 0 Z 1``, the meter's
+   ``P0``; from then on each :meth:`read` polls 1.8.0 and 2.8.0 (when the meter has it) with
+   ``R1`` and returns a readout whose ``polled`` says which registers are fresh and when their
+   answers came. The tariff registers are polled one per cycle, all of them once per
+   ``full_every`` seconds (the update interval), so Domoticz gets fresh tariffs.
+3. Any fault in a session (no answer, a BCC error, a malformed answer) ends it: ``B0`` is sent
+   (best effort), the port closed, and the daemon reopens it with its back-off; the next
+   :meth:`read` starts a new session. A meter that drops programming mode after inactivity
+   meets the same path.
+4. A meter that refuses programming mode (NAK, a readout instead of ``P0``, no ``P0`` on the
+   first try, or ``(ERROR)`` for 1.8.0) is logged once and read from then on as in readout
+   mode, one readout per ``full_every`` seconds.
+
+Only the request, ACK, ``R1``, ``B0`` and NAK are ever sent (``iec62056_21.is_allowed_command``
+checks every message before it leaves): no write, execute or password command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import UTC, datetime
+
+from iskra_me162.errors import MeterTimeout, ProtocolError
+from iskra_me162.meters import INITIAL_BAUD, IecMeter
+from iskra_me162.obis import Reading
+from iskra_me162.port import Port
+from iskra_me162.protocols import iec62056_21 as iec
+from iskra_me162.readout import Readout
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("1.8.0", "2.8.0")
+TARIFFS = tuple(f"{direction}.8.{n}" for direction in (1, 2) for n in range(1, 10))
+# One register answer: the meter's reaction time (200 ms at most for mode C) plus ~20 characters.
+ANSWER_BYTES = 64
+WAIT_SLICE = 0.1  # seconds between ticks (SIGTERM, watchdog) while waiting for the next poll
+BREAK_PAUSE = 0.3  # after a B0, before the next request: the meter's reaction time and more
+
+
+class LiveIecMeter(IecMeter):
+    """Reads an IEC 62056-21 meter's counters live in programming mode; see the module doc."""
+
+    pushes = True  # a readout per poll: the daemon handles it as it handles a push meter
+
+    def __init__(
+        self,
+        port: Port,
+        use_highspeed: bool,
+        baud_switch_delay: float,
+        *,
+        poll_interval: float,
+        full_every: float,
+    ) -> None:
+        super().__init__(port, use_highspeed, baud_switch_delay)
+        if not 0 < poll_interval <= full_every:
+            raise ValueError("need 0 < poll_interval <= full_every")
+        self.poll_interval = poll_interval
+        self.full_every = full_every
+        self._base: Readout | None = None  # the latest readout: identity and every register
+        self._in_session = False
+        self._ever_in_session = False
+        self.refused = False  # the meter has no programming mode: readout mode from now on
+        self._next_poll = 0.0  # monotonic time of the next poll cycle
+        self._next_full = 0.0  # readout mode (refused): the next readout; else the next tariffs
+        self._tariffs_left: list[str] = []
+        # A session that ended in silence may still be open on the meter's side, which then
+        # hears only B0 at the session's baud rate until its own inactivity time-out.
+        self._break_at: int | None = None
+
+    # --- the daemon's side ------------------------------------------------------------------
+
+    def read(self) -> Readout:
+        """The next readout: a whole one first (and in readout mode), then one per poll."""
+        if self._base is None:
+            return self._whole_readout()
+        if self.refused:
+            self._wait_until(self._next_full)
+            return self._whole_readout()
+        if not self._in_session:
+            self._enter()
+        self._wait_until(self._next_poll)
+        self._next_poll = time.monotonic() + self.poll_interval
+        try:
+            return self._poll_cycle()
+        except (MeterTimeout, ProtocolError) as error:
+            self._end_session(after_fault=True)
+            raise type(error)(f"programming-mode session ended: {error}") from None
+
+    def close(self) -> None:
+        """End the session with ``B0`` (the meter listens for a request again), close the port."""
+        self._end_session()
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def _whole_readout(self) -> Readout:
+        readout = super().read()
+        self._base = readout
+        self._next_full = time.monotonic() + self.full_every
+        return readout
+
+    def _enter(self) -> None:
+        """A programming-mode session: ``ACK 0 Z 1``, then the meter's ``P0``."""
+        if self._break_at is not None:
+            self._late_break()
+        _ident, _ack, leftover, _switched = self._start_session(iec.PROGRAMMING_MODE)
+        receiver = iec.OperandReceiver()
+        try:
+            self._receive(receiver, "programming mode answer", self.port.baudrate, 512, leftover)
+        except iec.ProgrammingModeRefused as error:
+            self._refuse(str(error))
+            raise
+        except MeterTimeout:
+            self.port.close()
+            if not self._ever_in_session:
+                self._refuse("it did not answer the programming mode request (no P0)")
+            raise
+        self._in_session = self._ever_in_session = True
+        self._tariffs_left = []
+        self._next_full = time.monotonic()  # the tariffs once right away
+        log.info(
+            "programming mode entered: reading %s every %g s",
+            ", ".join(self._counters()),
+            self.poll_interval,
+        )
+
+    def _end_session(self, after_fault: bool = False) -> None:
+        if self._in_session and self.port.is_open:
+            if after_fault:  # the meter may be silent now and miss this B0
+                self._break_at = self.port.baudrate
+            try:
+                self._send(iec.build_break())
+            except Exception as error:  # noqa: BLE001 - best effort: the port may be gone
+                log.debug("B0 not sent: %s", error)
+        self._in_session = False
+        self.port.close()
+
+    def _late_break(self) -> None:
+        """B0 once more at the old session's speed, in case the meter did not hear the first."""
+        baud, self._break_at = self._break_at, None
+        if baud is None or baud == INITIAL_BAUD:
+            return
+        self.port.open()
+        self.port.set_baudrate(baud)
+        self._send(iec.build_break())
+        time.sleep(BREAK_PAUSE)
+
+    def _refuse(self, why: str) -> None:
+        self.refused = True
+        self._in_session = False
+        self.port.close()
+        self._next_full = time.monotonic() + self.full_every
+        log.warning(
+            "live power is off: the meter refuses programming mode (%s); it is read in readout "
+            "mode every %g s instead (set live_power = False to say so in the configuration)",
+            why,
+            self.full_every,
+        )
+
+    # --- polling ----------------------------------------------------------------------------
+
+    def _poll_cycle(self) -> Readout:
+        assert self._base is not None
+        registers = list(self._counters())
+        now = time.monotonic()
+        if now >= self._next_full and not self._tariffs_left:
+            self._tariffs_left = self._tariffs()
+            self._next_full = now + self.full_every
+        if self._tariffs_left:
+            registers.append(self._tariffs_left.pop(0))
+        fresh: dict[str, Reading] = {}
+        polled: list[tuple[str, float]] = []
+        for register in registers:
+            reading, asked_at = self._read_register(register)
+            fresh[reading.code.cde] = reading
+            polled.append((reading.code.cde, asked_at))
+        readout = dataclasses.replace(
+            self._base,
+            readings=tuple(_updated(old, fresh) for old in self._base.readings),
+            wall_time=datetime.now(UTC),
+            monotonic=polled[0][1],
+            polled=tuple(polled),
+        )
+        self._base = readout
+        return readout
+
+    def _read_register(self, register: str) -> tuple[Reading, float]:
+        """The register's reading and when the meter took it: as our command arrived (the
+        write returns once it has left), not as the answer came back a reaction time later."""
+        self._send(iec.build_read(register))
+        asked_at = time.monotonic()
+        receiver = iec.RegisterReceiver(register)
+        answer = self._receive(receiver, f"answer for {register}", self.port.baudrate, ANSWER_BYTES)
+        if answer.reading is None:
+            if register == "1.8.0" and not self._ever_polled(register):
+                self._end_session()
+                self._refuse(f"it answers (ERROR) for {register}")
+            raise ProtocolError(f"the meter does not know register {register} ({answer.raw})")
+        return answer.reading, asked_at
+
+    def _ever_polled(self, register: str) -> bool:
+        return self._base is not None and any(cde == register for cde, _ in self._base.polled)
+
+    def _counters(self) -> tuple[str, ...]:
+        assert self._base is not None
+        return tuple(cde for cde in COUNTERS if self._base.get(cde) is not None) or ("1.8.0",)
+
+    def _tariffs(self) -> list[str]:
+        assert self._base is not None
+        return [cde for cde in TARIFFS if self._base.get(cde) is not None]
+
+    def _send(self, message: bytes) -> None:
+        if not iec.is_allowed_command(message):  # a bug, never a meter's doing: refuse to send
+            raise AssertionError(f"refusing to send {message!r}: not a read-only command")
+        self.port.write(message)
+
+    def _wait_until(self, moment: float) -> None:
+        """Sleep until ``moment``, ticking (SIGTERM, the watchdog) every WAIT_SLICE."""
+        while (remaining := moment - time.monotonic()) > 0:
+            self.port.tick()
+            time.sleep(min(remaining, WAIT_SLICE))
+
+
+def _updated(old: Reading, fresh: dict[str, Reading]) -> Reading:
+    """``old`` with the value of a freshly polled register of the same C.D.E, else as it was."""
+    new = fresh.get(old.code.cde)
+    if new is None or not old.code.means(old.code.cde):
+        return old
+    return dataclasses.replace(old, value=new.value, unit=new.unit, raw=new.raw, extra=new.extra)
