@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, TypeVar
@@ -542,7 +543,7 @@ def is_allowed_command(message: bytes) -> bool:
     return message[0] != SOH or bcc(message[1:-1]) == message[-1]
 
 
-class _AnswerReceiver(Generic[_Answer]):
+class _AnswerReceiver(ABC, Generic[_Answer]):
     """One message from the meter in programming mode, ``[SOH head] STX data ETX BCC``, split
     anywhere. Skips noise, the echo of our R1 and (``repeat``) of our NAK. A NAK, a bad BCC
     (ChecksumError), a wrong answer or none in MAX_ANSWER bytes raise ProtocolError."""
@@ -593,8 +594,9 @@ class _AnswerReceiver(Generic[_Answer]):
         elif byte == NAK:
             raise self._refused("the meter answered NAK")
 
+    @abstractmethod
     def _complete(self, head: str, data: str) -> _Answer:
-        raise NotImplementedError
+        """The answer of a complete message with a good BCC (``head`` empty without SOH)."""
 
 
 class OperandReceiver(_AnswerReceiver[Operand]):
