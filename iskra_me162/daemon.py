@@ -396,7 +396,8 @@ class Daemon:
             self._publish(values, self.sinks)
             due = self._next_slot(due, now)
         elif self._live_news(values, now):
-            log.debug("%s", status_line(values))
+            if log.isEnabledFor(logging.DEBUG):  # a line per frame or poll: only when shown
+                log.debug("%s", status_line(values))
             self._publish(values, [sink for sink in self.sinks if sink.name in LIVE_SINKS])
         self._feed_watchdog(time.monotonic())
         return due
