@@ -521,7 +521,7 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
                 path,
                 lines["domoticzserver"],
             )
-        from iskra_me162.sinks.domoticz import parse_domoticz_server
+        from iskra_me162.sinks.domoticz_client import parse_domoticz_server
 
         try:
             parse_domoticz_server(settings["domoticzserver"])

@@ -64,7 +64,9 @@ def test_power_register_in_another_unit_is_ignored():
 
 
 def test_energy_is_exact_wh_with_tariffs_as_sent():
-    values = derive_pair({"1.8.0": "0008048.375", "1.8.1": "8000", "1.8.2": "48.375", "2.8.0": "0.001"})
+    values = derive_pair(
+        {"1.8.0": "0008048.375", "1.8.1": "8000", "1.8.2": "48.375", "2.8.0": "0.001"}
+    )
     assert values.import_energy.total_wh == W("8048375")
     assert values.import_energy.tariffs_wh == ((1, W("8000000")), (2, W("48375")))
     assert values.import_energy.source == "1.8.0"
@@ -183,7 +185,8 @@ def test_gap_longer_than_max_span_gives_no_power():
 
 def test_meter_with_import_register_gets_export_from_counters():
     values = derive_pair(
-        {"1.7.0": "0.2", "1.8.0": "10", "2.8.0": "5.006"}, {"1.7.0": "0.2", "1.8.0": "10", "2.8.0": "5"}
+        {"1.7.0": "0.2", "1.8.0": "10", "2.8.0": "5.006"},
+        {"1.7.0": "0.2", "1.8.0": "10", "2.8.0": "5"},
     )
     assert values.import_power.source == FROM_METER
     assert (values.export_power.source, watts(values.export_power)) == (FROM_COUNTERS, W(360))
@@ -252,7 +255,9 @@ def test_a_new_register_set_becomes_normal_after_confirmations():
     # Confirmed; the register set changed, so the counters start afresh once.
     with pytest.raises(ReadoutRejected, match="energy registers changed"):
         deriver.derive(make_readout(60 * SHAPE_CONFIRMATIONS, {"1.8.0": "100", "2.8.0": "1"}))
-    values = deriver.derive(make_readout(60 * SHAPE_CONFIRMATIONS + 60, {"1.8.0": "100", "2.8.0": "1"}))
+    values = deriver.derive(
+        make_readout(60 * SHAPE_CONFIRMATIONS + 60, {"1.8.0": "100", "2.8.0": "1"})
+    )
     assert watts(values.import_power) == 0
 
 

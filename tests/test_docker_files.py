@@ -18,17 +18,14 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import yaml
 
 from iskra_me162.config import load_config
-from iskra_me162.obis import ObisCode, Reading
-from iskra_me162.readout import MeterIdentity, Readout
 from iskra_me162.sinks.http import HttpEndpoint, parse_listen
+from tests.readouts import make_deriver, make_readout
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -210,20 +207,10 @@ def test_healthcheck_command_against_a_real_endpoint():
     port = endpoint.address[1]
     try:
         assert check(port) != 0  # no reading yet: 503
-        endpoint.publish(
-            Readout(
-                MeterIdentity("ISK", "ME162-0033"),
-                (Reading(ObisCode.parse("1.8.0"), Decimal("1.5"), "kWh", "1.5*kWh"),),
-                datetime.now(UTC),
-                time.monotonic(),
-            )
-        )
+        endpoint.publish(make_deriver().derive(make_readout(time.monotonic(), {"1.8.0": "1.5"})))
         assert check(port) == 0
-        endpoint.publish(
-            Readout(
-                MeterIdentity("ISK", "ME162-0033"), (), datetime.now(UTC), time.monotonic() - 61
-            )
-        )
+        stale = make_readout(time.monotonic() - 61, {"1.8.0": "1.5"})
+        endpoint.publish(make_deriver().derive(stale))
         assert check(port) != 0  # stale
     finally:
         endpoint.close()

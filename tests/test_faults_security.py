@@ -231,6 +231,8 @@ def test_https_refuses_a_self_signed_certificate_until_its_ca_file_is_configured
             write_config(config, **settings, domoticz_ca_file=certificate[0])
             daemon.signal(signal.SIGHUP)
             stub.wait_for_updates(1, timeout=30)
+            # Logged once the push returned, a moment after the stand-in took it.
+            daemon.wait_for_log(r"domoticz: working again", timeout=10)
         finally:
             status, _ = daemon.stop()
             daemon.close()

@@ -195,9 +195,9 @@ def expected_entities(obis: dict[str, dict]) -> dict[str, Decimal]:
     """Entity key -> value in kWh / W for the registers listed in expected.json, from one
     readout.
 
-    Tariff sensors only for a direction whose tariff registers say more than its total: not
-    when all of them are 0, nor when tariff 1 alone counts and equals the total (the MT175 and
-    most SML meters repeat the total there). Power is the net power: 16.7.0, else 1.7.0 minus
+    Tariff sensors only for a direction where two tariff registers or more have counted: not
+    when one alone holds everything (the MT175 and most SML meters repeat the total in tariff 1,
+    the ZPA GH305 counts all in tariff 2). Power is the net power: 16.7.0, else 1.7.0 minus
     2.7.0; 1.7.0 alone only for a meter that counts no export (otherwise its export power
     needs a second readout's counters, and one readout has no power).
     """
@@ -223,7 +223,7 @@ def expected_entities(obis: dict[str, dict]) -> dict[str, Decimal]:
         elif tariffs:
             result[name] = sum(tariffs.values(), Decimal(0))
         counting = {tariff: value for tariff, value in tariffs.items() if value != 0}
-        if counting and counting != {1: result[name]}:
+        if len(counting) >= 2:
             for tariff, value in tariffs.items():
                 result[f"{name}_t{tariff}"] = value
     signed = current.get((16, 7, 0))

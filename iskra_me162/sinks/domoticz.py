@@ -22,9 +22,6 @@ from iskra_me162.derive.values import Values
 from iskra_me162.p1 import P1Values, p1_values
 from iskra_me162.sinks.domoticz_client import DomoticzClient, parse_domoticz_server
 
-# parse_domoticz_server is re-exported for config.py, which imports it from here.
-__all__ = ["DomoticzClient", "DomoticzSink", "parse_domoticz_server"]
-
 log = logging.getLogger(__name__)
 
 

@@ -54,6 +54,7 @@ from socketserver import TCPServer
 from iskra_me162.derive.values import Energy, Power, Values
 from iskra_me162.errors import ConfigError, SinkError
 from iskra_me162.jsontext import iso_utc, to_json
+from iskra_me162.sinks import netcheck
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ _ROUTES = {
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HTTP_VERSION = re.compile(r"HTTP/\d\.\d")
 _QUERY = re.compile(r"\?[^\s\"]*")  # a query string in a logged request line
-# Host name labels; "_" is not in RFC 952 but appears in real (container) names.
-_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 # --- listen address ---------------------------------------------------------------------------
@@ -129,15 +128,10 @@ def parse_listen(value: str, *, any_port: bool = False) -> tuple[str, int]:
 
 
 def _check_host(text: str, host: str) -> None:
-    if re.fullmatch(r"[0-9.]+", host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv4 address") from None
-        return
-    labels = host.removesuffix(".").split(".")
-    if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a host name")
+    try:
+        netcheck.check_host(host)
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
 
 
 def _show_address(host: str, port: int) -> str:
