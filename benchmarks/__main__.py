@@ -25,11 +25,12 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def _benchmarks() -> dict[str, Callable[[bool], Section]]:
     # Imported here so that --help works before the package's dependencies are installed.
-    from benchmarks import cycle, daemon_runs, decoders, sml_cpu
+    from benchmarks import cycle, daemon_runs, decoders, live_power, sml_cpu
 
     # Order matters: the timing-sensitive ones run first, on an otherwise quiet machine.
     return {
         "cycle": cycle.run,
+        "livepower": live_power.run,
         "startup": daemon_runs.startup,
         "imports": daemon_runs.import_costs,
         "decoders": decoders.run,
@@ -39,7 +40,7 @@ def _benchmarks() -> dict[str, Callable[[bool], Section]]:
     }
 
 
-NAMES = ("cycle", "startup", "imports", "decoders", "idle", "sml", "memory")
+NAMES = ("cycle", "livepower", "startup", "imports", "decoders", "idle", "sml", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
