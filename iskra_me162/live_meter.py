@@ -15,11 +15,16 @@ The session, as this meter runs it:
    ``R1`` and returns a readout whose ``polled`` says which registers are fresh and when their
    answers came. The tariff registers are polled one per cycle, all of them once per
    ``full_every`` seconds (the update interval), so Domoticz gets fresh tariffs.
-3. Any fault in a session (no answer, a BCC error, a malformed answer) ends it: ``B0`` is sent
-   (best effort), the port closed, and the daemon reopens it with its back-off; the next
-   :meth:`read` starts a new session. A meter that drops programming mode after inactivity
-   meets the same path.
-4. A meter that refuses programming mode (NAK, a readout instead of ``P0``, no ``P0`` on the
+3. Any fault in a session (no answer, a BCC error, a malformed answer, the port gone) ends it:
+   ``B0`` is sent (best effort), the port closed, and the daemon reopens it with its back-off;
+   the next :meth:`read` starts a new session. A meter that drops programming mode after
+   inactivity meets the same path. A meter that may not have heard that ``B0`` (it was silent,
+   or the head was unplugged) still listens at the session's rate only, until its own
+   inactivity time-out: each new session starts with ``B0`` at that rate, until the meter
+   answers a request again.
+4. A session ends (SIGTERM, reload, a fault) only after the answer the meter may still be
+   sending: a ``B0`` that arrives while the meter talks is not heard.
+5. A meter that refuses programming mode (NAK, a readout instead of ``P0``, no ``P0`` on the
    first try, or ``(ERROR)`` for 1.8.0) is logged once and read from then on as in readout
    mode, one readout per ``full_every`` seconds.
 
@@ -49,6 +54,8 @@ TARIFFS = tuple(f"{direction}.8.{n}" for direction in (1, 2) for n in range(1, 1
 ANSWER_BYTES = 64
 WAIT_SLICE = 0.1  # seconds between ticks (SIGTERM, watchdog) while waiting for the next poll
 BREAK_PAUSE = 0.3  # after a B0, before the next request: the meter's reaction time and more
+ANSWER_MARGIN = 0.05  # seconds beyond the reaction time and the answer's bytes
+LONGEST_ANSWER_WAIT = 1.0  # before a B0 at the end: at most this for an answer on its way
 
 
 class LiveIecMeter(IecMeter):
@@ -77,6 +84,9 @@ class LiveIecMeter(IecMeter):
         self._next_poll = 0.0  # monotonic time of the next poll cycle
         self._next_full = 0.0  # readout mode (refused): the next readout; else the next tariffs
         self._tariffs_left: list[str] = []
+        self._session_baud = INITIAL_BAUD  # the rate the meter talks and listens at in session
+        self._reaction = 0.0  # the meter's reaction time, from its identification
+        self._answer_due: float | None = None  # an answer may be on its way until then
         # A session that ended in silence may still be open on the meter's side, which then
         # hears only B0 at the session's baud rate until its own inactivity time-out.
         self._break_at: int | None = None
@@ -116,19 +126,31 @@ class LiveIecMeter(IecMeter):
         """A programming-mode session: ``ACK 0 Z 1``, then the meter's ``P0``."""
         if self._break_at is not None:
             self._late_break()
-        _ident, _ack, leftover, _switched = self._start_session(iec.PROGRAMMING_MODE)
+        ident, _ack, leftover, _switched = self._start_session(iec.PROGRAMMING_MODE)
+        self._break_at = None  # it answered a request: it listened at 300 Bd, out of session
+        self._reaction = ident.reaction_time
+        self._session_baud = self.port.baudrate
+        self._in_session = True  # from the ACK on, the meter may be in programming mode
+        self._expect_answer(time.monotonic())
         receiver = iec.OperandReceiver()
         try:
             self._receive(receiver, "programming mode answer", self.port.baudrate, 512, leftover)
         except iec.ProgrammingModeRefused as error:
+            self._in_session = False
             self._refuse(str(error))
             raise
         except MeterTimeout:
-            self.port.close()
-            if not self._ever_in_session:
+            if self._ever_in_session:
+                self._end_session(after_fault=True)
+            else:
+                self._end_session()  # best effort, in case only its P0 went astray
                 self._refuse("it did not answer the programming mode request (no P0)")
             raise
-        self._in_session = self._ever_in_session = True
+        except ProtocolError:
+            self._end_session(after_fault=True)
+            raise
+        self._answer_due = None
+        self._ever_in_session = True
         self._tariffs_left = []
         self._next_full = time.monotonic()  # the tariffs once right away
         log.info(
@@ -138,25 +160,46 @@ class LiveIecMeter(IecMeter):
         )
 
     def _end_session(self, after_fault: bool = False) -> None:
-        if self._in_session and self.port.is_open:
-            if after_fault:  # the meter may be silent now and miss this B0
-                self._break_at = self.port.baudrate
-            try:
-                self._send(iec.build_break())
-            except Exception as error:  # noqa: BLE001 - best effort: the port may be gone
-                log.debug("B0 not sent: %s", error)
+        """``B0`` (after any answer still on its way), then close the port. ``after_fault``:
+        the meter may be silent now and miss the B0, so the next session starts with another."""
+        if self._in_session:
+            sent = False
+            if self.port.is_open:
+                try:
+                    self._await_answer()
+                    self._send(iec.build_break())
+                    sent = True
+                except Exception as error:  # noqa: BLE001 - best effort: the port may be gone
+                    log.debug("B0 not sent: %s", error)
+            if after_fault or not sent:
+                self._break_at = self._session_baud
         self._in_session = False
+        self._answer_due = None
         self.port.close()
 
     def _late_break(self) -> None:
-        """B0 once more at the old session's speed, in case the meter did not hear the first."""
-        baud, self._break_at = self._break_at, None
-        if baud is None or baud == INITIAL_BAUD:
-            return
+        """B0 once more at the old session's speed, in case the meter did not hear the first;
+        ``_break_at`` stays set until the meter answers a request again."""
+        assert self._break_at is not None
         self.port.open()
-        self.port.set_baudrate(baud)
+        self.port.set_baudrate(self._break_at)
         self._send(iec.build_break())
         time.sleep(BREAK_PAUSE)
+
+    def _expect_answer(self, asked_at: float) -> None:
+        """An answer to what was sent at ``asked_at`` may come until ``_answer_due``."""
+        on_the_wire = ANSWER_BYTES * 10 / self._session_baud
+        self._answer_due = asked_at + self._reaction + on_the_wire + ANSWER_MARGIN
+
+    def _await_answer(self) -> None:
+        """Let an answer still on its way pass (the meter does not listen while it talks)."""
+        due, self._answer_due = self._answer_due, None
+        if due is None:
+            return
+        wait = min(due - time.monotonic(), LONGEST_ANSWER_WAIT)
+        if wait > 0:
+            time.sleep(wait)  # no tick: this runs on the way out (SIGTERM), it must end here
+        self.port.discard_input()
 
     def _refuse(self, why: str) -> None:
         self.refused = True
@@ -202,8 +245,10 @@ class LiveIecMeter(IecMeter):
         write returns once it has left), not as the answer came back a reaction time later."""
         self._send(iec.build_read(register))
         asked_at = time.monotonic()
+        self._expect_answer(asked_at)
         receiver = iec.RegisterReceiver(register)
         answer = self._receive(receiver, f"answer for {register}", self.port.baudrate, ANSWER_BYTES)
+        self._answer_due = None
         if answer.reading is None:
             if register == "1.8.0" and not self._ever_polled(register):
                 self._end_session()
