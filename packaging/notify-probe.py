@@ -117,7 +117,7 @@ class Probe:
                 self.report(uid == self.user.pw_uid, f"sent as uid {uid} ({self.user.pw_name})")
                 self.check_groups()
                 status, _pid, _uid = self.wait_for(
-                    lambda line: line.startswith("STATUS=") and "1.8.0" in line
+                    lambda line: line.startswith("STATUS=") and " kWh" in line
                 )
                 self.report(bool(status), f"STATUS= after the first readout: {status.strip()!r}")
                 pings = self.wait_for(lambda line: line == "WATCHDOG=1", count=2)
