@@ -13,8 +13,12 @@ Per readout, once:
    reaches any sink (:class:`~iskra_me162.errors.ReadoutRejected`).
 3. Power from the meter's power registers; a direction that has none gets it from the timing of
    its counter's steps when the counter is polled live (:mod:`.steps`, ``live_power``), else
-   (and until the steps say enough) from the change of its counter (:mod:`.counters`) over at
-   least ``min_span_s``, or none.
+   from the change of its counter (:mod:`.counters`) over at least ``min_span_s``, or none.
+   A polled counter never falls back to counter change: a few seconds of polls hold no step
+   or one, and their change (0 W, or 692 W at a steady 300 W) would be published as the power
+   now. Until its steps tell, it has no figure, with one exception: a meter counts one
+   direction at a time (the sum over its phases), so while one counter steps at a rate the
+   steps pin down, the other one, without an estimate of its own, is 0 W (:func:`_counting`).
 4. The counters go into the window of recent snapshots and, for restarts, the state file
    (:mod:`.state`): written whatever sinks are enabled, atomically, only when it changed, at
    most once per ``min_span_s`` and once more at :meth:`Deriver.close`.
@@ -35,7 +39,7 @@ from iskra_me162.derive.counters import (
     power_between,
 )
 from iskra_me162.derive.state import SavedState, StateStore
-from iskra_me162.derive.steps import StepEstimator, StepPower
+from iskra_me162.derive.steps import BOUND, IDLE, NONE, STEPS, StepEstimator, StepPower
 from iskra_me162.derive.values import FROM_COUNTERS, FROM_METER, FROM_STEPS, Energy, Power, Values
 from iskra_me162.errors import ReadoutRejected
 from iskra_me162.readout import Readout
@@ -49,6 +53,8 @@ SHAPE_CONFIRMATIONS = 3
 # rather than the power now. Up to 15 minutes (or 10 update intervals) an average is still a
 # plausible figure, and readouts that fail now and then must not stop the power altogether.
 MIN_MAX_SPAN_S = 900.0
+# The counters whose steps give power when they are polled live (import, export).
+STEP_COUNTERS = ("1.8.0", "2.8.0")
 
 
 def spans_for(update_interval: float) -> tuple[float, float]:
@@ -137,9 +143,15 @@ class Deriver:
             self._save(snapshot)
         elif meter_import is None:
             missing = "the readout has neither power nor import energy registers"
-        stepped = self._step_power(readout)
-        import_power = meter_import or stepped.get("1.8.0") or _counted(counted, "import", imported)
-        export_power = meter_export or stepped.get("2.8.0") or _counted(counted, "export", exported)
+        stepped, step_missing = self._step_power(readout)
+        import_power = meter_import or stepped.get("1.8.0")
+        if import_power is None and "1.8.0" not in step_missing:
+            import_power = _counted(counted, "import", imported)
+        export_power = meter_export or stepped.get("2.8.0")
+        if export_power is None and "2.8.0" not in step_missing:
+            export_power = _counted(counted, "export", exported)
+        if step_missing and (import_power is None or export_power is None):
+            missing = "; ".join(f"{cde}: {why}" for cde, why in step_missing.items())
         if export_power is None and exported is None and meter_import is not None:
             # The meter counts no export and has no export register: there is none.
             export_power = Power(Decimal(0), FROM_METER, "")
@@ -165,23 +177,34 @@ class Deriver:
         self._last = (readout, values)
         return values
 
-    def _step_power(self, readout: Readout) -> dict[str, Power]:
-        """Power from step timing of the counters this readout polled (live power only)."""
-        found: dict[str, Power] = {}
+    def _step_power(self, readout: Readout) -> tuple[dict[str, Power], dict[str, str]]:
+        """Power from step timing of the counters this readout polled (live power only): the
+        figures by counter, and why a polled counter has none."""
+        results: dict[str, StepPower] = {}
         for cde, asked_at in readout.polled:
             reading = readout.get(cde)
             wh = readout.energy_wh(cde)
-            if cde not in ("1.8.0", "2.8.0") or reading is None or wh is None:
+            if cde not in STEP_COUNTERS or reading is None or wh is None:
                 continue
             estimator = self._steps.get(cde)
             if estimator is None:
                 estimator = self._steps[cde] = StepEstimator(_resolution_wh(reading.value, wh))
-            result: StepPower = estimator.poll(asked_at, wh)
+            result = results[cde] = estimator.poll(asked_at, wh)
             if result.reset:
                 log.info("power from the steps of %s starts afresh: %s", cde, result.reset)
-            if result.watts is not None:
-                found[cde] = Power(result.watts, FROM_STEPS, cde, result.span_s)
-        return found
+        found = {
+            cde: Power(result.watts, FROM_STEPS, cde, result.span_s)
+            for cde, result in results.items()
+            if result.watts is not None
+        }
+        counting = _counting(results)
+        if counting is not None:
+            # One direction at a time: the other counter is not counting now.
+            for cde in results:
+                if cde != counting:
+                    found[cde] = Power(Decimal(0), FROM_STEPS, cde, results[counting].span_s)
+        missing = {cde: result.reason for cde, result in results.items() if cde not in found}
+        return found, missing
 
     def close(self) -> None:
         """Write the newest counters to the state file if they are not there yet."""
@@ -253,6 +276,29 @@ def _counted(counted: CounterPower | None, direction: str, energy: Energy | None
     # sink then shows the same number (Domoticz can take no other).
     whole = watts.to_integral_value(rounding=ROUND_HALF_UP)
     return Power(whole, FROM_COUNTERS, energy.source, counted.span_s)
+
+
+def _counting(results: dict[str, StepPower]) -> str | None:
+    """The one polled counter that counts now, when the other one can be taken as 0 W.
+
+    A meter counts one direction at a time (import or export of the sum over its phases). A
+    counter whose steps give an estimate counts; the other one, unless it has an estimate
+    too, does not (its bound only says how long ago it last stepped). A counter whose figure
+    is its bound after steps (the load fell) counts too, when the other one has not stepped
+    at all since the start.
+    """
+    if len(results) != 2:
+        return None
+    estimated = [cde for cde, result in results.items() if result.basis == STEPS]
+    if len(estimated) == 1:
+        return estimated[0] if results[estimated[0]].watts else None
+    if estimated:
+        return None  # both estimated: a change of direction, each figure stands
+    falling = [cde for cde, result in results.items() if result.basis == BOUND and result.watts]
+    if len(falling) != 1:
+        return None
+    other = next(result for cde, result in results.items() if cde != falling[0])
+    return falling[0] if other.basis == IDLE or (other.basis == NONE and other.steps == 0) else None
 
 
 def _resolution_wh(value: Decimal | None, wh: Decimal) -> Decimal:
