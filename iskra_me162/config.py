@@ -30,9 +30,10 @@ DEFAULT_PATH = "/etc/default/iskra-me162"
 DEFAULT_STATE_FILE = "/run/iskra-me162/state"
 # The 2016 script's default; /var/run is root's and the service user cannot write there.
 LEGACY_STATE_FILE = "/var/run/me162-state"
-# serial_format's default depends on the protocol; the first protocol is the default one.
+# serial_format's default depends on the protocol; with "auto" it is the found protocol's.
 SERIAL_FORMAT_DEFAULTS = {"iec62056-21": "7E1", "sml": "8N1"}
-PROTOCOLS = tuple(SERIAL_FORMAT_DEFAULTS)
+DEFAULT_PROTOCOL = "iec62056-21"
+PROTOCOLS = ("auto", *SERIAL_FORMAT_DEFAULTS)
 STANDARD_BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 LOCKOUT_WARNING_INTERVAL = 60  # below this some meters refuse new sessions (they lock out)
 
@@ -174,8 +175,9 @@ class Config:
 
     # --- the meter ---------------------------------------------------------------------------
     protocol: str = METER.key(
-        PROTOCOLS[0],
-        "iec62056-21 (mode C request and readout) or sml (meters that push SML frames)",
+        DEFAULT_PROTOCOL,
+        "iec62056-21 (mode C request and readout), sml (meters that push SML frames) or auto "
+        "(listen for SML frames first, then try mode C)",
         choices=PROTOCOLS,
     )
     port: str = METER.key(
@@ -184,9 +186,10 @@ class Config:
         check=_check_port,
     )
     serial_format: str = METER.key(
-        SERIAL_FORMAT_DEFAULTS[PROTOCOLS[0]],
+        SERIAL_FORMAT_DEFAULTS[DEFAULT_PROTOCOL],
         "data bits, parity, stop bits; iec62056-21: 7E1 (8N1 for adapters without 7-bit "
-        "support: bytes are then masked to 7 bits); sml: 8N1 unless set",
+        "support: bytes are then masked to 7 bits); sml: 8N1 unless set; auto: the found "
+        "protocol's unless set",
         check=_check_serial_format,
     )
     sml_baudrate: int = METER.key(
@@ -562,8 +565,8 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
             "remote head; use_highspeed will fail and fall back to 300 baud "
             "(set use_highspeed = False, or use rfc2217://)"
         )
-    if "serial_format" not in values:
-        settings["serial_format"] = SERIAL_FORMAT_DEFAULTS[settings["protocol"]]
+    if "serial_format" not in values:  # "" for auto: the found protocol's (auto_meter.py)
+        settings["serial_format"] = SERIAL_FORMAT_DEFAULTS.get(settings["protocol"], "")
     settings["serial_format"] = settings["serial_format"].upper()
     return Config(path=path, warnings=tuple(warnings), **settings)
 

@@ -101,6 +101,10 @@ class Meter(Protocol):
 
 
 def build_meter(config: Config, tick: Callable[[], None]) -> Meter:
+    if config.protocol == "auto":
+        from iskra_me162.auto_meter import AutoMeter
+
+        return AutoMeter(config, lambda found: build_meter(found, tick))
     if config.protocol == "sml":
         from iskra_me162.sml_meter import SmlMeter
 

@@ -1,0 +1,93 @@
+"""protocol = "auto": an SML push meter and a mode C meter, each on a byte-timed pty, found and
+read by the real program (``iskra-me162 --once``) with no protocol named but "auto"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from iskra_me162.simulator.model import MeterConfig
+from iskra_me162.simulator.pty_meter import PtyMeter
+from iskra_me162.simulator.sml_push import SmlPtyMeter, SmlPushConfig
+
+REPO = Path(__file__).resolve().parents[1]
+Done = subprocess.CompletedProcess[str]
+
+
+def read_once(
+    tmp_path: Path, port: str, *lines: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    config = tmp_path / "iskra-me162"
+    config.write_text("\n".join((f'port = "{port}"', 'state_file = ""', *lines)) + "\n")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "iskra_me162", "--config", str(config), "--once", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    return done, time.monotonic() - started
+
+
+def test_auto_finds_a_mode_c_meter_after_listening_for_sml(tmp_path):
+    link = tmp_path / "ttyIR"
+    with PtyMeter(link=str(link), config=MeterConfig(import_w=450)) as meter:
+        done, took = read_once(tmp_path, str(link), 'protocol = "auto"', "print_debug = 1")
+    assert done.returncode == 0, done.stderr
+    assert "no SML frame within" in done.stderr
+    assert 'answers in mode C (protocol = "iec62056-21")' in done.stderr
+    assert "1.8.0" in done.stdout
+    assert meter.commands and not meter.violations
+    assert took < 30
+
+
+def test_auto_finds_an_sml_push_meter_and_reads_its_frame(tmp_path):
+    link = tmp_path / "ttyIR"
+    with SmlPtyMeter(link=str(link), config=SmlPushConfig(interval=1.0)):
+        done, took = read_once(tmp_path, str(link), 'protocol = "auto"', "print_debug = 1")
+    assert done.returncode == 0, done.stderr
+    assert 'pushes SML frames at 9600 Bd (protocol = "sml")' in done.stderr
+    assert "1.8.0" in done.stdout and "kWh" in done.stdout
+    assert took < 15
+
+
+def test_the_daemon_with_auto_reads_a_push_meter_frame_by_frame(tmp_path):
+    """Found to push, the meter is read as a push meter: the HTTP endpoint follows its frames
+    (one a second), not one readout per update_interval."""
+    from tests.daemonproc import DaemonProcess, write_config
+    from tests.test_daemon_sml_e2e import free_port, get, wait_http
+
+    link = tmp_path / "ttyIR"
+    port = free_port()
+    with SmlPtyMeter(link=str(link), config=SmlPushConfig(interval=1.0)) as meter:
+        daemon = DaemonProcess(
+            write_config(
+                tmp_path / "auto.conf",
+                protocol="auto",
+                port=str(link),
+                http_listen=f"127.0.0.1:{port}",
+                update_interval=60,
+                state_file="",
+                print_debug=1,
+            )
+        )
+        try:
+            wait_http(port)
+            daemon.wait_for_log("pushes SML frames", timeout=15)
+            seen = set()
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                status, body = get(port, "/api/v1/readings")
+                if status == 200:
+                    seen.add(body["time"])
+                time.sleep(0.3)
+            assert len(seen) >= 4, seen  # a new frame about every second
+            assert len(meter.frames) >= 8
+        finally:
+            status_code, _ = daemon.stop()
+            daemon.close()
+    assert status_code == 0, daemon.output
