@@ -74,6 +74,11 @@ class AutoMeter:
     def pushes(self) -> bool:
         return self._inner is not None and self._inner.pushes
 
+    @property
+    def stats(self) -> dict[str, int] | None:
+        """The SML meter's frame counters once it is found to push, else None."""
+        return self._listener.stats if self._inner is self._listener else None
+
     def read(self) -> Readout:
         if self._inner is None and (readout := self._listen()) is not None:
             return readout

@@ -30,6 +30,7 @@ from iskra_me162.errors import (
     SinkError,
     WrongProtocol,
 )
+from iskra_me162.health import Health
 from iskra_me162.jsontext import number_text
 from iskra_me162.meters import IecMeter
 from iskra_me162.port import Port
@@ -162,8 +163,9 @@ def build_deriver(config: Config, save_state: bool = True) -> Deriver:
     )
 
 
-def build_sink(name: str, config: Config) -> Sink | None:
-    """The sink ``name`` as ``config`` describes it, or None when it is switched off."""
+def build_sink(name: str, config: Config, health: Health | None = None) -> Sink | None:
+    """The sink ``name`` as ``config`` describes it, or None when it is switched off.
+    ``health``: what the HTTP endpoint's status page and metrics show besides the values."""
     if name == "domoticz" and config.domoticzserver:
         from iskra_me162.sinks.domoticz import DomoticzSink
 
@@ -184,8 +186,11 @@ def build_sink(name: str, config: Config) -> Sink | None:
         return LogOnlySink(swap_tariffs=config.swap_tariffs)
     if name == "http" and config.http_listen:
         from iskra_me162.sinks.http import HttpEndpoint
+        from iskra_me162.sinks.pages import http_pages
 
-        endpoint = HttpEndpoint(config.http_listen, config.reading_max_age)
+        endpoint = HttpEndpoint(
+            config.http_listen, config.reading_max_age, pages=http_pages(), health=health
+        )
         endpoint.start()  # SinkError when the address cannot be bound
         return endpoint
     if name == "mqtt" and config.mqtt_host:
@@ -207,7 +212,10 @@ def build_sink(name: str, config: Config) -> Sink | None:
 
 
 def build_sinks(
-    config: Config, keep: dict[str, Sink] | None = None, old: Config | None = None
+    config: Config,
+    keep: dict[str, Sink] | None = None,
+    old: Config | None = None,
+    health: Health | None = None,
 ) -> list[Sink]:
     """All sinks ``config`` switches on; reuses those in ``keep`` whose settings are unchanged.
 
@@ -225,7 +233,7 @@ def build_sinks(
         if current is not None:
             current.close()  # before building the new one: it may need the same port
         try:
-            sink = build_sink(name, config)
+            sink = build_sink(name, config, health)
         except (SinkError, ConfigError) as error:
             if old is None:
                 for started in sinks:
@@ -271,7 +279,8 @@ class Daemon:
         self.problems = ProblemLog()
         self.meter = build_meter(config, self._tick)
         self.deriver = build_deriver(config)
-        self.sinks = build_sinks(config)
+        self.health = Health()
+        self.sinks = build_sinks(config, health=self.health)
         self.failed_cycles = 0
         self.watchdog_starved = False
         self._live_key: object = None  # what the live sinks got last, and when
@@ -440,20 +449,29 @@ class Daemon:
         except Shutdown:
             raise
         except PortError as error:
+            self.health.readout_failed(error)
             self._meter_failed(f"{error}; retrying")
             self.meter.close()
             return None
         except WrongProtocol as error:
+            self.health.readout_failed(error)
             self._meter_failed(f"{error} in {self.config.path}", logging.ERROR)
             return None
         except IskraError as error:
+            self.health.readout_failed(error)
             self._meter_failed(f"readout rejected: {error}")
             return None
-        except Exception:  # a bug: log it whole, keep the port fresh, and keep going
+        except Exception as error:  # a bug: log it whole, keep the port fresh, and keep going
+            self.health.readout_failed(error)
             log.exception("unexpected error while reading the meter (please report this)")
             self.meter.close()
             return None
         self.problems.ok("meter", "good readout again")
+        port = self.meter.port
+        self.health.readout_ok(
+            baudrate=port.baudrate if port.is_open else None,
+            meter_counters=getattr(self.meter, "stats", None),
+        )
         return readout
 
     def _meter_failed(self, message: str, level: int = logging.WARNING) -> None:
@@ -467,8 +485,10 @@ class Daemon:
         try:
             values = self.deriver.derive(readout)
         except ReadoutRejected as error:
+            self.health.readout_failed(error)
             self.problems.problem("readout", str(error))
             return None
+        self.health.derived(values)
         self.problems.ok("readout", "the meter's readouts are consistent again")
         if values.power_missing:
             self.problems.problem("power", f"not known yet: {values.power_missing}", logging.INFO)
@@ -487,12 +507,15 @@ class Daemon:
                     raise Shutdown
                 sink.publish(values)
             except SinkError as error:
+                self.health.pushed(sink.name, str(error))
                 self.problems.problem(sink.name, str(error))
                 sink_states.append(f"{sink.name} failing")
-            except Exception:  # a bug in a sink must not stop the meter loop or other sinks
+            except Exception as error:  # a bug in a sink must not stop the loop or other sinks
+                self.health.pushed(sink.name, f"unexpected error: {type(error).__name__}")
                 log.exception("%s: unexpected error (please report this)", sink.name)
                 sink_states.append(f"{sink.name} failing")
             else:
+                self.health.pushed(sink.name)
                 self.problems.ok(sink.name)
                 sink_states.append(f"{sink.name} ok")
             finally:
@@ -549,7 +572,7 @@ class Daemon:
         if any(getattr(old, key) != getattr(new, key) for key in DERIVE_KEYS):
             self.deriver.close()  # its counters go to the state file, the new one reads them
             self.deriver = build_deriver(new)
-        self.sinks = build_sinks(new, {sink.name: sink for sink in self.sinks}, old)
+        self.sinks = build_sinks(new, {sink.name: sink for sink in self.sinks}, old, self.health)
         log.info("configuration reloaded from %s", new.path)
         self.notifier.send("READY=1")
         reread = ("port", "protocol")

@@ -45,6 +45,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http import HTTPStatus
@@ -53,6 +54,7 @@ from socketserver import TCPServer
 
 from iskra_me162.derive.values import Energy, Power, Values
 from iskra_me162.errors import ConfigError, SinkError
+from iskra_me162.health import Health, HealthSnapshot
 from iskra_me162.jsontext import iso_utc, to_json
 from iskra_me162.sinks import netcheck
 
@@ -77,6 +79,23 @@ _ROUTES = {
     "/api/v1/readings": "readings",
     "/healthz": "health",
 }
+
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What a page rendered per request sees: the values as ``/api/v1/readings`` serves them
+    (None before the first readout), their age and staleness, and the daemon's health."""
+
+    values: Values | None
+    age_s: float | None
+    stale: bool
+    health: HealthSnapshot | None
+
+
+# A page rendered at each request (the status page at "/", the metrics): (content type, body).
+# Pages are read-only views of PageContext; they never see the configuration (no secrets).
+PageRenderer = Callable[[PageContext], tuple[str, bytes]]
 
 # RFC 9110 token characters, for methods and header names.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -158,6 +177,7 @@ class _Snapshot:
     """
 
     monotonic: float
+    values: Values  # for the pages rendered per request
     cumulated: bytes | None  # None: the meter sends no import register
     readings_head: bytes
     readings_tail: bytes
@@ -201,6 +221,7 @@ class _Snapshot:
         members = to_json(rest)[1:]  # without its "{": the age goes before it
         return cls(
             monotonic=values.monotonic,
+            values=values,
             cumulated=cumulated,
             readings_head=('{"time":' + to_json(when) + ',"age_s":').encode("ascii"),
             readings_tail=("," + members).encode("ascii"),
@@ -435,7 +456,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, _NOT_ALLOWED, ("Allow", ALLOWED_METHODS))
             self._discard_input()  # a POST may come with a body
             return
-        route = _ROUTES.get(target.split("?", 1)[0])
+        path = target.split("?", 1)[0]
+        page = self.server.pages.get(path)
+        if page is not None:
+            self._send_page(page)
+            return
+        route = _ROUTES.get(path)
         if route is None:
             self._send(HTTPStatus.NOT_FOUND, _NOT_FOUND)
             return
@@ -489,10 +515,34 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Rejected(HTTPStatus.BAD_REQUEST)
         raise _Rejected(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
 
-    def _send(self, status: int, body: bytes, *extra: tuple[str, str]) -> None:
+    def _send_page(self, page: PageRenderer) -> None:
+        snapshot = self.server.latest.get()
+        health = self.server.health
+        age = None if snapshot is None else max(0.0, time.monotonic() - snapshot.monotonic)
+        context = PageContext(
+            values=None if snapshot is None else snapshot.values,
+            age_s=age,
+            stale=age is None or age > self.server.stale_after,
+            health=None if health is None else health.snapshot(),
+        )
+        try:
+            content_type, body = page(context)
+        except Exception:  # a bug in a page must not take the endpoint down
+            logger.exception("HTTP: a page failed to render (please report this)")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, _error("the page failed to render"))
+            return
+        self._send(HTTPStatus.OK, body, content_type=content_type)
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        *extra: tuple[str, str],
+        content_type: str = "application/json",
+    ) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
@@ -538,9 +588,13 @@ class _Server(ThreadingHTTPServer):
         stale_after: float,
         max_connections: int,
         request_timeout: float,
+        pages: dict[str, PageRenderer],
+        health: Health | None,
     ) -> None:
         self.address_family = family
         self.latest = latest
+        self.pages = pages
+        self.health = health
         self.stale_after = stale_after
         self.request_timeout = request_timeout
         self.connections = _Connections(max_connections)
@@ -670,7 +724,11 @@ class HttpEndpoint:
         *,
         max_connections: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT,
+        pages: dict[str, PageRenderer] | None = None,
+        health: Health | None = None,
     ) -> None:
+        """``pages``: paths rendered per request (see :data:`PageRenderer`); ``health``: what
+        they show besides the values."""
         try:
             self._host, self._port = parse_listen(listen, any_port=True)
         except ValueError as error:
@@ -683,6 +741,8 @@ class HttpEndpoint:
         self._max_connections = max_connections
         self._request_timeout = float(request_timeout)
         self._latest = _Latest()
+        self._pages = dict(pages or {})
+        self._health = health
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -713,6 +773,8 @@ class HttpEndpoint:
                 self._stale_after,
                 self._max_connections,
                 self._request_timeout,
+                self._pages,
+                self._health,
             )
         except OSError as error:
             raise SinkError(_bind_error(where, error)) from None
