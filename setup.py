@@ -25,7 +25,8 @@ setup(
     # requests: Domoticz (Debian 12 ships 2.28 with urllib3 1.26; both work).
     install_requires=["pyserial>=3.4", "requests>=2.28", "python-daemon>=2.2"],
     # MQTT is optional: Debian's python3-paho-mqtt (1.6) or paho-mqtt 2.x from PyPI.
-    extras_require={"mqtt": ["paho-mqtt>=1.6"]},
+    # Prometheus /metrics is optional too: Debian's python3-prometheus-client (0.16) or newer.
+    extras_require={"mqtt": ["paho-mqtt>=1.6"], "metrics": ["prometheus-client>=0.16"]},
     entry_points={"console_scripts": ["iskra-me162 = iskra_me162.cli:main"]},
     classifiers=[
         "Environment :: No Input/Output (Daemon)",
