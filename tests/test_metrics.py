@@ -5,8 +5,11 @@ daemon serving it."""
 from __future__ import annotations
 
 import http.client
+import json
+import re
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +143,26 @@ def test_the_daemon_serves_metrics_that_parse_and_match_its_readings(tmp_path):
         status_code, _ = daemon.stop()
         daemon.close()
     assert status_code == 0, daemon.output
+
+
+def test_the_grafana_dashboard_uses_only_metrics_we_serve(served):
+    """examples/grafana-dashboard.json: every metric its queries name is in /metrics."""
+    endpoint, health = served
+    values = me162()
+    health.readout_ok(baudrate=9600)
+    health.derived(values)
+    health.pushed("http")
+    endpoint.publish(values)
+    served_names = {
+        family.name
+        for family in text_string_to_metric_families(fetch(endpoint, "/metrics").body.decode())
+    }
+    dashboard = json.loads(
+        (Path(__file__).parents[1] / "examples" / "grafana-dashboard.json").read_text()
+    )
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for query in queries for name in re.findall(r"\biskra_me162_\w+", query)}
+    assert used, "the dashboard queries no metric"
+    # A counter family is named without _total; its samples (what queries use) have it.
+    missing = {name for name in used if name.removesuffix("_total") not in served_names}
+    assert not missing, f"the dashboard uses metrics /metrics does not serve: {missing}"
