@@ -25,7 +25,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def _benchmarks() -> dict[str, Callable[[bool], Section]]:
     # Imported here so that --help works before the package's dependencies are installed.
-    from benchmarks import cycle, daemon_runs, decoders, live_power, sml_cpu
+    from benchmarks import cycle, daemon_runs, decoders, health_week, live_power, sml_cpu
 
     # Order matters: the timing-sensitive ones run first, on an otherwise quiet machine.
     return {
@@ -37,10 +37,11 @@ def _benchmarks() -> dict[str, Callable[[bool], Section]]:
         "idle": daemon_runs.idle_cpu,
         "sml": sml_cpu.run,
         "memory": daemon_runs.memory,
+        "week": health_week.run,
     }
 
 
-NAMES = ("cycle", "livepower", "startup", "imports", "decoders", "idle", "sml", "memory")
+NAMES = ("cycle", "livepower", "startup", "imports", "decoders", "idle", "sml", "memory", "week")
 
 
 def main(argv: list[str] | None = None) -> int:
