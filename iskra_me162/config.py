@@ -32,7 +32,7 @@ DEFAULT_STATE_FILE = "/run/iskra-me162/state"
 LEGACY_STATE_FILE = "/var/run/me162-state"
 # serial_format's default depends on the protocol; with "auto" it is the found protocol's.
 SERIAL_FORMAT_DEFAULTS = {"iec62056-21": "7E1", "sml": "8N1"}
-DEFAULT_PROTOCOL = "iec62056-21"
+DEFAULT_PROTOCOL = "auto"
 PROTOCOLS = ("auto", *SERIAL_FORMAT_DEFAULTS)
 STANDARD_BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 LOCKOUT_WARNING_INTERVAL = 60  # below this some meters refuse new sessions (they lock out)
@@ -186,7 +186,7 @@ class Config:
         check=_check_port,
     )
     serial_format: str = METER.key(
-        SERIAL_FORMAT_DEFAULTS[DEFAULT_PROTOCOL],
+        "",
         "data bits, parity, stop bits; iec62056-21: 7E1 (8N1 for adapters without 7-bit "
         "support: bytes are then masked to 7 bits); sml: 8N1 unless set; auto: the found "
         "protocol's unless set",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from iskra_me162.config import Config, keys_of, load_config
+from iskra_me162.config import SERIAL_FORMAT_DEFAULTS, Config, keys_of, load_config
 from iskra_me162.derive import Deriver, Values, spans_for
 from iskra_me162.errors import (
     ConfigError,
@@ -106,13 +106,14 @@ def build_meter(config: Config, tick: Callable[[], None]) -> Meter:
         from iskra_me162.auto_meter import AutoMeter
 
         return AutoMeter(config, lambda found: build_meter(found, tick))
+    serial_format = config.serial_format or SERIAL_FORMAT_DEFAULTS[config.protocol]
     if config.protocol == "sml":
         from iskra_me162.sml_meter import SmlMeter
 
         port = Port(
             config.port,
             baudrate=config.sml_baudrate,
-            serial_format=config.serial_format,
+            serial_format=serial_format,
             seven_bit_line=False,  # SML is binary: every bit of every byte counts
             tick=tick,
         )
@@ -120,7 +121,7 @@ def build_meter(config: Config, tick: Callable[[], None]) -> Meter:
     port = Port(
         config.port,
         baudrate=300,
-        serial_format=config.serial_format,
+        serial_format=serial_format,
         seven_bit_line=True,
         tick=tick,
     )

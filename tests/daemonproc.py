@@ -16,7 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_config(path: Path, **settings: object) -> Path:
-    """A config file in the daemon's own syntax (strings quoted, booleans as True/False)."""
+    """A config file in the daemon's own syntax (strings quoted, booleans as True/False).
+
+    Without a ``protocol`` it names mode C: the default, "auto", would listen 4.5 s for SML
+    frames before each first readout of every test (tests/test_auto_meter.py tests "auto").
+    """
+    if "port" in settings:
+        settings.setdefault("protocol", "iec62056-21")
     lines = []
     for key, value in settings.items():
         if isinstance(value, str):

@@ -3,6 +3,7 @@ read by the real program (``iskra-me162 --once``) with no protocol named but "au
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -91,3 +92,56 @@ def test_the_daemon_with_auto_reads_a_push_meter_frame_by_frame(tmp_path):
             status_code, _ = daemon.stop()
             daemon.close()
     assert status_code == 0, daemon.output
+
+
+def shipped_config(tmp_path: Path, port: str) -> Path:
+    """The package's /etc/default/iskra-me162 with only the port (and the state file, and the
+    HTTP port that may be taken on this machine) changed."""
+    text = (REPO / "etc" / "default" / "iskra-me162").read_text()
+    assert '\nprotocol = "auto"\n' in text, "the shipped file names another protocol"
+    text = re.sub(r'(?m)^port = ".*"$', f'port = "{port}"', text)
+    text = re.sub(r'(?m)^state_file = ".*"$', 'state_file = ""', text)
+    text = re.sub(r'(?m)^http_listen = ".*"$', 'http_listen = ""', text)
+    path = tmp_path / "iskra-me162"
+    path.write_text(text)
+    return path
+
+
+def run_once(config: Path) -> Done:
+    return subprocess.run(
+        [sys.executable, "-m", "iskra_me162", "--config", str(config), "--once", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_the_shipped_config_reads_an_me162_and_an_sml_meter(tmp_path):
+    link = tmp_path / "ttyIR"
+    with PtyMeter(link=str(link), config=MeterConfig(import_w=450)):
+        mode_c = run_once(shipped_config(tmp_path, str(link)))
+    assert mode_c.returncode == 0, mode_c.stderr
+    assert "ME162" in mode_c.stdout and "1.8.0" in mode_c.stdout
+    with SmlPtyMeter(link=str(link), config=SmlPushConfig(interval=1.0)):
+        sml = run_once(shipped_config(tmp_path, str(link)))
+    assert sml.returncode == 0, sml.stderr
+    assert "1.8.0" in sml.stdout and "ME162" not in sml.stdout
+
+
+def test_a_2016_file_without_a_protocol_line_reads_the_me162_first_time(tmp_path):
+    """The 2016 script's README example (no protocol line: now "auto"), port changed."""
+    from tests.test_config import ORIGINAL_EXAMPLE
+
+    link = tmp_path / "ttyIR"
+    text = ORIGINAL_EXAMPLE.replace('"/dev/ttyUSB0"', f'"{link}"').replace(
+        '"/var/run/me162-state"', '""'
+    )
+    assert "protocol" not in text
+    config = tmp_path / "legacy"
+    config.write_text(text)
+    with PtyMeter(link=str(link), config=MeterConfig(import_w=450)):
+        done = run_once(config)
+    assert done.returncode == 0, done.stderr
+    assert "ME162" in done.stdout and "1.8.0" in done.stdout
