@@ -11,6 +11,12 @@ from iskra_me162.errors import ConfigError, IskraError
 EX_OK = 0
 EX_FAILURE = 1
 EX_CONFIG = 78  # sysexits.h EX_CONFIG
+# --probe: why a port could not be probed, one status per remedy (sysexits.h names).
+EX_NO_DEVICE = 66  # EX_NOINPUT: no such device, or no candidate port at all
+EX_NOTHING_RECEIVED = 69  # EX_UNAVAILABLE: the port opens, nothing arrives (head alignment)
+EX_PORT_BUSY = 75  # EX_TEMPFAIL: another program holds the port (stop the service first)
+EX_GARBAGE = 76  # EX_PROTOCOL: bytes arrive, but neither protocol (wrong speed or head type)
+EX_NO_PERMISSION = 77  # EX_NOPERM: permission denied (group dialout)
 DEFAULT_PIDFILE = "/run/iskra-me162/iskra-me162.pid"
 
 
@@ -22,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
             "and SML push meters) and feed Domoticz, an HTTP endpoint (Home Assistant RESTful "
             "sensor) and MQTT with Home Assistant discovery. Runs in the foreground unless "
             "--daemon is given."
+        ),
+        epilog=(
+            "Exit status: 0 success, 1 failure, 2 usage error, 78 configuration error; "
+            f"--probe also: {EX_NO_DEVICE} no such device (or no candidate port), "
+            f"{EX_NO_PERMISSION} permission denied, {EX_PORT_BUSY} port busy (the service "
+            f"holds it), {EX_NOTHING_RECEIVED} nothing received, {EX_GARBAGE} garbage only."
         ),
     )
     parser.add_argument(
@@ -37,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-config", action="store_true", help="validate the config file and exit"
     )
     mode.add_argument("--version", action="store_true", help="print the version and exit")
+    mode.add_argument(
+        "--probe",
+        nargs="?",
+        const="",
+        metavar="PORT",
+        help=(
+            "first run: without PORT list the candidate serial ports; with PORT (a device or "
+            "URL) find the protocol, identity, speed, registers and link quality of the meter "
+            "there and print the config lines to use (the config file is not read)"
+        ),
+    )
     parser.add_argument(
         "--pidfile", metavar="PATH", help=f"with --daemon: pid file (default {DEFAULT_PIDFILE})"
     )
@@ -58,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"iskra-me162 {version()}")
         return EX_OK
+    if args.probe is not None:
+        return _probe(args.probe)
 
     from iskra_me162.config import load_config
 
@@ -66,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"iskra-me162: {error}", file=sys.stderr)
         return EX_CONFIG
-
 
     try:
         if args.check_config:
@@ -93,6 +117,29 @@ def main(argv: list[str] | None = None) -> int:
         return EX_FAILURE
     except IskraError as error:
         print(f"iskra-me162: {error}", file=sys.stderr)
+        return EX_FAILURE
+
+
+def _probe(port: str) -> int:
+    from iskra_me162 import probe
+
+    statuses = {
+        probe.NoDevice: EX_NO_DEVICE,
+        probe.PermissionDenied: EX_NO_PERMISSION,
+        probe.PortBusy: EX_PORT_BUSY,
+        probe.NothingReceived: EX_NOTHING_RECEIVED,
+        probe.GarbageOnly: EX_GARBAGE,
+    }
+    probe.quiet_logging()
+    try:
+        return probe.probe(port or None)
+    except KeyboardInterrupt:
+        return 130
+    except probe.ProbeError as error:
+        print(f"iskra-me162: --probe: {error}", file=sys.stderr)
+        return statuses.get(type(error), EX_FAILURE)
+    except IskraError as error:
+        print(f"iskra-me162: --probe: {error}", file=sys.stderr)
         return EX_FAILURE
 
 
