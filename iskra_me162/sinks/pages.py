@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from iskra_me162.sinks import status_page
 from iskra_me162.sinks.http import PageRenderer
 
 log = logging.getLogger(__name__)
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def http_pages() -> dict[str, PageRenderer]:
     """Path -> renderer, for :class:`~iskra_me162.sinks.http.HttpEndpoint`."""
-    pages: dict[str, PageRenderer] = {}
+    pages: dict[str, PageRenderer] = {"/": status_page.render}
     try:
         from iskra_me162.sinks import metrics
     except ImportError as error:  # prometheus_client is optional
