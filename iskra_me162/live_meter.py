@@ -52,6 +52,9 @@ COUNTERS = ("1.8.0", "2.8.0")
 TARIFFS = tuple(f"{direction}.8.{n}" for direction in (1, 2) for n in range(1, 10))
 # One register answer: the meter's reaction time (200 ms at most for mode C) plus ~20 characters.
 ANSWER_BYTES = 64
+# What an answer usually is (STX, "(0012345.678*kWh)", ETX, BCC): its first read waits for them.
+TYPICAL_ANSWER_BYTES = 20
+FIRST_READ_MARGIN = 0.005  # seconds: a pty hands bytes over every 4 ms
 WAIT_SLICE = 0.1  # seconds between ticks (SIGTERM, watchdog) while waiting for the next poll
 BREAK_PAUSE = 0.3  # after a B0, before the next request: the meter's reaction time and more
 ANSWER_MARGIN = 0.05  # seconds beyond the reaction time and the answer's bytes
@@ -243,11 +246,20 @@ class LiveIecMeter(IecMeter):
     def _read_register(self, register: str) -> tuple[Reading, float]:
         """The register's reading and when the meter took it: as our command arrived (the
         write returns once it has left), not as the answer came back a reaction time later."""
-        self._send(iec.build_read(register))
+        command = iec.build_read(register)
+        writing_at = time.monotonic()
+        self._send(command)
         asked_at = time.monotonic()
         self._expect_answer(asked_at)
+        baud = self.port.baudrate
+        # The first read waits for the whole answer: the reaction time after the command has
+        # left (a pty and some USB adapters return from the write before it has), then its
+        # characters on the wire.
+        left_at = max(asked_at, writing_at + len(command) * 10 / baud)
+        whole_at = left_at + self._reaction + TYPICAL_ANSWER_BYTES * 10 / baud + FIRST_READ_MARGIN
         receiver = iec.RegisterReceiver(register)
-        answer = self._receive(receiver, f"answer for {register}", self.port.baudrate, ANSWER_BYTES)
+        what = f"answer for {register}"
+        answer = self._receive(receiver, what, baud, ANSWER_BYTES, first_read_at=whole_at)
         self._answer_due = None
         if answer.reading is None:
             if register == "1.8.0" and not self._ever_polled(register):

@@ -164,16 +164,25 @@ class IecMeter:
         baud: int,
         longest: int,
         leftover: bytes = b"",
+        first_read_at: float | None = None,
     ) -> T:
         """Feed ``receiver`` until it has its message: the first byte may take the meter's
         reaction time, later ones at most the inter-character gap, the whole message at most
-        the time ``longest`` bytes take at ``baud``. Bytes of an SML frame end it at once."""
+        the time ``longest`` bytes take at ``baud``. Bytes of an SML frame end it at once.
+
+        ``first_read_at``: sleep until then (when the message should be there whole) before
+        the first read, so that it takes one read instead of one per piece the line hands over
+        (each a wake-up); the time slept counts against the first-byte timeout and the
+        deadline."""
+        started = time.monotonic()
         limit = FIRST_BYTE_TIMEOUT + longest * 10 / baud
-        deadline = time.monotonic() + limit
+        deadline = started + limit
         received = bytearray()  # for the SML check: its start sequence may span two reads
         if leftover:
             receiver.feed(leftover)
-        timeout = FIRST_BYTE_TIMEOUT
+        if first_read_at is not None:
+            self.port.sleep_until(min(first_read_at, started + FIRST_BYTE_TIMEOUT))
+        timeout = FIRST_BYTE_TIMEOUT - (time.monotonic() - started)
         while (message := receiver.result()) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -265,6 +265,13 @@ class Port:
                     f"no answer from the meter within {first_byte_timeout:.1f} s on {self.url}"
                 )
 
+    def sleep_until(self, moment: float) -> None:
+        """Sleep until ``moment`` (``time.monotonic()``), calling ``tick()`` after every
+        :data:`READ_SLICE` as a read does: a wait for the line never holds up a SIGTERM."""
+        while (remaining := moment - time.monotonic()) > 0:
+            time.sleep(min(remaining, READ_SLICE))
+            self.tick()
+
     def _fail(self, action: str, error: BaseException) -> None:
         """The device failed or vanished: close it so the next cycle reopens it."""
         self.close()
