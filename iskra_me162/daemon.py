@@ -249,6 +249,16 @@ def build_sinks(
     return sinks
 
 
+def _live_key(values: Values) -> tuple[object, ...]:
+    """What the live sinks show of ``values``: a new message only when this changed."""
+    net = values.net_power
+    return (
+        values.import_energy and values.import_energy.total_wh,
+        values.export_energy and values.export_energy.total_wh,
+        net and net.watts,
+    )
+
+
 def status_line(values: Values) -> str:
     """One line for the log and systemd's status: energy, power and where it came from."""
     parts = []
@@ -407,7 +417,14 @@ class Daemon:
             pass  # rejected: nothing published, the schedule stays
         elif now >= due:
             log.info("%s", status_line(values))
-            self._publish(values, self.sinks)
+            # The live sinks' share of the schedule is a heartbeat (MQTT's expire_after), even
+            # unchanged; but never a second message within LIVE_MIN_INTERVAL of the last one.
+            sinks = self.sinks
+            if now - self._live_sent_at < LIVE_MIN_INTERVAL:
+                sinks = [sink for sink in sinks if sink.name not in LIVE_SINKS]
+            else:
+                self._live_key, self._live_sent_at = _live_key(values), now
+            self._publish(values, sinks)
             due = self._next_slot(due, now)
         elif self._live_news(values, now):
             if log.isEnabledFor(logging.DEBUG):  # a line per frame or poll: only when shown
@@ -418,12 +435,7 @@ class Daemon:
 
     def _live_news(self, values: Values, now: float) -> bool:
         """Whether the live sinks get ``values``: a value changed, and a second has passed."""
-        net = values.net_power
-        key = (
-            values.import_energy and values.import_energy.total_wh,
-            values.export_energy and values.export_energy.total_wh,
-            net and net.watts,
-        )
+        key = _live_key(values)
         if key == self._live_key or now - self._live_sent_at < LIVE_MIN_INTERVAL:
             return False
         self._live_key, self._live_sent_at = key, now
@@ -508,7 +520,7 @@ class Daemon:
                     raise Shutdown
                 sink.publish(values)
             except SinkError as error:
-                self.health.pushed(sink.name, str(error))
+                self.health.pushed(sink.name, str(error), getattr(sink, "connected", None))
                 self.problems.problem(sink.name, str(error))
                 sink_states.append(f"{sink.name} failing")
             except Exception as error:  # a bug in a sink must not stop the loop or other sinks
@@ -516,7 +528,7 @@ class Daemon:
                 log.exception("%s: unexpected error (please report this)", sink.name)
                 sink_states.append(f"{sink.name} failing")
             else:
-                self.health.pushed(sink.name)
+                self.health.pushed(sink.name, connected=getattr(sink, "connected", None))
                 self.problems.ok(sink.name)
                 sink_states.append(f"{sink.name} ok")
             finally:

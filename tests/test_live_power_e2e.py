@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import math
 import re
@@ -710,6 +711,20 @@ def test_freshness_and_accuracy_over_mqtt(runs, profile):
     assert not energy, "\n".join(energy[:20])
     lag = energy_lag_problems(run, run.mqtt, run.first_poll + REENTER_S, run.sigterm_at)
     assert not lag, "\n".join(lag[:20])
+    # At most one message a second, and an unchanged one only as the heartbeat, once per
+    # update_interval (arrival times jitter by milliseconds, not by a tenth of a second).
+    pairs = list(itertools.pairwise(run.mqtt))
+    crowded = [(a.at, b.at) for a, b in pairs if b.at - a.at < 0.9]
+    assert not crowded, f"MQTT messages less than a second apart: {crowded[:5]}"
+    repeats = [
+        b.at
+        for a, b in pairs
+        if (a.watts, a.import_wh, a.export_wh) == (b.watts, b.import_wh, b.export_wh)
+    ]
+    too_often = [
+        (a, b) for a, b in itertools.pairwise(repeats) if b - a < 0.9 * run.update_interval
+    ]
+    assert not too_often, f"unchanged MQTT messages more often than the heartbeat: {too_often}"
 
 
 # --- 2. read-only commands, B0 before the exit ----------------------------------------------------
