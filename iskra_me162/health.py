@@ -65,7 +65,8 @@ class PowerPoint:
 
 @dataclass(frozen=True, slots=True)
 class SinkState:
-    """One sink: whether its last push worked, when one last did, and the last error."""
+    """One sink: whether its last push worked, when one last did, and the last error;
+    ``connected``: for a sink with a connection (MQTT), whether it was up at that push."""
 
     name: str
     ok: bool
@@ -73,6 +74,7 @@ class SinkState:
     failures: int = 0
     last_ok: datetime | None = None
     last_error: str = ""
+    connected: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -197,17 +199,18 @@ class Health:
                 self._power_minute(now, values.wall_time).add(float(net.watts))
             self._track_day(values)
 
-    def pushed(self, sink: str, error: str = "") -> None:
+    def pushed(self, sink: str, error: str = "", connected: bool | None = None) -> None:
         """A push to ``sink``: ``error`` says why it failed ("" when it worked)."""
         with self._lock:
             old = self._sinks.get(sink, SinkState(sink, ok=True))
             if error:
                 self._sinks[sink] = SinkState(
-                    sink, False, old.pushes, old.failures + 1, old.last_ok, error
+                    sink, False, old.pushes, old.failures + 1, old.last_ok, error, connected
                 )
             else:
+                now = datetime.now().astimezone()
                 self._sinks[sink] = SinkState(
-                    sink, True, old.pushes + 1, old.failures, datetime.now().astimezone(), ""
+                    sink, True, old.pushes + 1, old.failures, now, "", connected
                 )
 
     # --- what the pages ask ----------------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_sink_states_keep_the_last_success_and_error():
     health = Health(clock=Clock())
     health.pushed("domoticz")
     health.pushed("domoticz", "HTTP 401: check domoticz_username")
-    health.pushed("mqtt")
+    health.pushed("mqtt", connected=False)
     domoticz, mqtt = health.snapshot().sinks
     assert (domoticz.name, domoticz.ok, domoticz.pushes, domoticz.failures) == (
         "domoticz",
@@ -111,4 +111,5 @@ def test_sink_states_keep_the_last_success_and_error():
         1,
     )
     assert domoticz.last_ok is not None and "401" in domoticz.last_error
-    assert mqtt.ok and mqtt.last_error == ""
+    assert mqtt.ok and mqtt.last_error == "" and mqtt.connected is False
+    assert domoticz.connected is None  # no connection to speak of

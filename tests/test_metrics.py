@@ -58,6 +58,7 @@ def test_metrics_equal_the_json_and_the_health_record(served):
     health.derived(values)
     health.pushed("http")
     health.pushed("domoticz", "HTTP 401")
+    health.pushed("mqtt", connected=False)
     endpoint.publish(values)
     answer = fetch(endpoint, "/metrics")
     assert answer.status == 200
@@ -79,7 +80,12 @@ def test_metrics_equal_the_json_and_the_health_record(served):
     assert samples["iskra_me162_checksum_errors_total"][()] == 1
     assert samples["iskra_me162_readouts_total"][()] == 1
     assert samples["iskra_me162_baud_rate"][()] == 9600
-    assert samples["iskra_me162_sink_up"] == {(("sink", "domoticz"),): 0, (("sink", "http"),): 1}
+    assert samples["iskra_me162_sink_up"] == {
+        (("sink", "domoticz"),): 0,
+        (("sink", "http"),): 1,
+        (("sink", "mqtt"),): 1,
+    }
+    assert samples["iskra_me162_sink_connected"] == {(("sink", "mqtt"),): 0}
     assert samples["iskra_me162_sink_errors_total"][(("sink", "domoticz"),)] == 1
     last = samples["iskra_me162_last_success_timestamp_seconds"][()]
     assert abs(last - time.time()) < 60

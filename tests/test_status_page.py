@@ -553,6 +553,8 @@ def test_the_daemon_page_in_chromium(tmp_path):
              if "data-sink" in attributes}  # fmt: skip
     assert sinks["domoticz"]["data-ok"] == "false" and sinks["mqtt"]["data-ok"] == "false"
     assert "HTTP 401" in page.visible_text and "MQTT broker at 127.0.0.1" in page.visible_text
+    connected = [a["data-connected"] for _, a in page.tags if "data-connected" in a]
+    assert connected == ["false"] and "not connected" in page.visible_text  # MQTT only
 
     # No secret from the configuration, in the served page or the rendered DOM.
     for secret in (DZ_USER, DZ_PASSWORD, MQTT_USER, MQTT_PASSWORD):

@@ -159,10 +159,17 @@ def _sinks(health: HealthSnapshot) -> Iterator[Metric]:
         "When the sink's last successful push was",
         labels=["sink"],
     )
+    connected = GaugeMetricFamily(
+        f"{PREFIX}_sink_connected",
+        "1 while a sink with a connection (MQTT) was connected at its last push, else 0",
+        labels=["sink"],
+    )
     for sink in health.sinks:
         up.add_metric([sink.name], 1 if sink.ok else 0)
+        if sink.connected is not None:
+            connected.add_metric([sink.name], 1 if sink.connected else 0)
         errors.add_metric([sink.name], sink.failures)
         pushes.add_metric([sink.name], sink.pushes)
         if sink.last_ok is not None:
             last.add_metric([sink.name], sink.last_ok.timestamp())
-    yield from (up, errors, pushes, last)
+    yield from (up, connected, errors, pushes, last)

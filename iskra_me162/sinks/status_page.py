@@ -273,6 +273,9 @@ def _sink(sink: SinkState) -> str:
     state = "ok" if sink.ok else "failing"
     last = "never" if sink.last_ok is None else _when(sink.last_ok)
     error = f'<p class="error">{_text(sink.last_error)}</p>' if sink.last_error else ""
+    if sink.connected is not None:
+        link = "connected" if sink.connected else "not connected"
+        error = f'<p class="sub" data-connected="{str(sink.connected).lower()}">{link}</p>' + error
     return (
         f'<div class="sink" data-sink="{escape(sink.name)}" data-ok="{str(sink.ok).lower()}">'
         f'<p><span class="name">{_text(name)}</span> '
