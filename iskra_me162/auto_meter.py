@@ -75,6 +75,11 @@ class AutoMeter:
         return self._inner is not None and self._inner.pushes
 
     @property
+    def fallbacks(self) -> int:
+        """The mode C meter's high-speed fall-backs (0 before one is found)."""
+        return getattr(self._inner, "fallbacks", 0)
+
+    @property
     def stats(self) -> dict[str, int] | None:
         """The SML meter's frame counters once it is found to push, else None."""
         return self._listener.stats if self._inner is self._listener else None

@@ -479,6 +479,8 @@ class Daemon:
             log.exception("unexpected error while reading the meter (please report this)")
             self.meter.close()
             return None
+        finally:
+            self.health.fallbacks_now(getattr(self.meter, "fallbacks", 0))
         self.problems.ok("meter", "good readout again")
         port = self.meter.port
         self.health.readout_ok(

@@ -185,10 +185,10 @@ class Health:
             self._minute(now).failed += 1
             self._last_error = str(error) if isinstance(error, IskraError) else type(error).__name__
 
-    def fell_back(self) -> None:
-        """A high-speed readout failed; the next ones use 300 Bd."""
+    def fallbacks_now(self, count: int) -> None:
+        """The meter's count of high-speed readouts that failed and fell back to 300 Bd."""
         with self._lock:
-            self._fallbacks += 1
+            self._fallbacks = count
 
     def derived(self, values: Values) -> None:
         now = self._now()

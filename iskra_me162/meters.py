@@ -75,6 +75,7 @@ class IecMeter:
         self.use_highspeed = use_highspeed
         self.baud_switch_delay = baud_switch_delay
         self._low_speed_readouts_left = 0  # >0: high speed failed recently, stay at 300 baud
+        self.fallbacks = 0  # readouts at high speed that failed (the next ones use 300 baud)
 
     def close(self) -> None:
         self.port.close()
@@ -90,6 +91,7 @@ class IecMeter:
             block = self._receive_data(ack, leftover)
         except (MeterTimeout, ProtocolError) as error:
             if switch_to is not None:
+                self.fallbacks += 1
                 self._low_speed_readouts_left = HIGHSPEED_RETRY_AFTER
                 log.warning(
                     "readout at %d baud failed (%s); the next readouts use 300 baud",

@@ -172,3 +172,53 @@ def test_the_grafana_dashboard_uses_only_metrics_we_serve(served):
     # A counter family is named without _total; its samples (what queries use) have it.
     missing = {name for name in used if name.removesuffix("_total") not in served_names}
     assert not missing, f"the dashboard uses metrics /metrics does not serve: {missing}"
+
+
+def test_a_meter_that_stays_at_300_baud_counts_as_a_fallback(tmp_path):
+    """A meter that proposes 9600 Bd and stays at 300: the failed high-speed readout shows in
+    /metrics as a fall-back, and the next readout at 300 Bd as the baud rate in use."""
+    from iskra_me162.simulator.model import Faults, MeterConfig
+    from iskra_me162.simulator.pty_meter import PtyMeter
+    from tests.daemonproc import DaemonProcess, write_config
+    from tests.test_daemon_sml_e2e import free_port, wait_http
+
+    link = tmp_path / "ttyIR"
+    port = free_port()
+    with PtyMeter(link=str(link), config=MeterConfig(faults=Faults(ignore_baud=True))):
+        daemon = DaemonProcess(
+            write_config(
+                tmp_path / "stubborn.conf",
+                port=str(link),
+                http_listen=f"127.0.0.1:{port}",
+                update_interval=1,
+                state_file="",
+            )
+        )
+        try:
+            wait_http(port)
+            deadline = time.monotonic() + 60
+            while True:
+                samples = parsed(fetch_metrics(port))
+                if samples.get("iskra_me162_baud_rate", {}).get(()) == 300:
+                    break
+                assert time.monotonic() < deadline, daemon.output
+                time.sleep(0.5)
+            assert samples["iskra_me162_highspeed_fallbacks_total"][()] >= 1
+            assert (
+                samples["iskra_me162_read_failures_total"][(("kind", "timeout"),)]
+                + samples["iskra_me162_read_failures_total"][(("kind", "other"),)]
+                >= 1
+            )
+        finally:
+            status_code, _ = daemon.stop()
+            daemon.close()
+    assert status_code == 0, daemon.output
+
+
+def fetch_metrics(port: int) -> bytes:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read()
+    finally:
+        connection.close()
