@@ -55,7 +55,6 @@ ANSWER_BYTES = 64
 # What an answer usually is (STX, "(0012345.678*kWh)", ETX, BCC): its first read waits for them.
 TYPICAL_ANSWER_BYTES = 20
 FIRST_READ_MARGIN = 0.005  # seconds: a pty hands bytes over every 4 ms
-WAIT_SLICE = 0.1  # seconds between ticks (SIGTERM, watchdog) while waiting for the next poll
 BREAK_PAUSE = 0.3  # after a B0, before the next request: the meter's reaction time and more
 ANSWER_MARGIN = 0.05  # seconds beyond the reaction time and the answer's bytes
 LONGEST_ANSWER_WAIT = 1.0  # before a B0 at the end: at most this for an answer on its way
@@ -285,10 +284,9 @@ class LiveIecMeter(IecMeter):
         self.port.write(message)
 
     def _wait_until(self, moment: float) -> None:
-        """Sleep until ``moment``, ticking (SIGTERM, the watchdog) every WAIT_SLICE."""
-        while (remaining := moment - time.monotonic()) > 0:
-            self.port.tick()
-            time.sleep(min(remaining, WAIT_SLICE))
+        """Sleep until ``moment``, ticking (SIGTERM, the watchdog) as a read does."""
+        self.port.tick()
+        self.port.sleep_until(moment)
 
 
 def _updated(old: Reading, fresh: dict[str, Reading]) -> Reading:
