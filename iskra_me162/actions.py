@@ -22,6 +22,8 @@ def check_config(config: Config, out: object = None) -> int:
     for key, spec in KEYS.items():
         value = getattr(config, key)
         shown = "(set)" if spec.secret and value else repr(value)
+        if key == "state_file" and config.state_file_option is not None:
+            shown += "  (--state-file)"
         print(f"  {key} = {shown}", file=stream)  # type: ignore[call-overload]
     return 0
 

@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help=(
+            "state file to use instead of the config file's state_file (the template unit "
+            "iskra-me162@.service passes /run/iskra-me162-NAME/state); empty: in memory only"
+        ),
+    )
+    parser.add_argument(
         "--pidfile", metavar="PATH", help=f"with --daemon: pid file (default {DEFAULT_PIDFILE})"
     )
     parser.add_argument(
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from iskra_me162.config import load_config
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, args.state_file)
     except ConfigError as error:
         print(f"iskra-me162: {error}", file=sys.stderr)
         return EX_CONFIG

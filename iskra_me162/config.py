@@ -298,6 +298,9 @@ class Config:
     )
 
     warnings: tuple[str, ...] = ()
+    # The command line's --state-file (the template unit passes each instance's own): it wins
+    # over the file's state_file, and a reload (SIGHUP) keeps it. None: not given.
+    state_file_option: str | None = None
 
     @property
     def reading_max_age(self) -> float:
@@ -480,8 +483,9 @@ def parse_text(
     return values, lines, warnings
 
 
-def load_config(path: str = DEFAULT_PATH) -> Config:
-    """Read, parse and validate the configuration file; raise ConfigError on any problem."""
+def load_config(path: str = DEFAULT_PATH, state_file: str | None = None) -> Config:
+    """Read, parse and validate the configuration file; raise ConfigError on any problem.
+    ``state_file``: the command line's --state-file, used instead of the file's."""
     try:
         with open(path, encoding="utf-8") as handle:  # noqa: PTH123 - fstat of the same handle
             mode = os.fstat(handle.fileno()).st_mode
@@ -490,7 +494,7 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
         raise ConfigError("configuration file not found", path) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read configuration file: {error}", path) from None
-    config = config_from_text(text, path)
+    config = config_from_text(text, path, state_file)
     if config.domoticzpassword and mode & stat.S_IROTH:
         config = _with_warning(
             config,
@@ -500,17 +504,19 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
     return config
 
 
-def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
+def config_from_text(text: str, path: str = DEFAULT_PATH, state_file: str | None = None) -> Config:
     values, lines, warnings = parse_text(text, path)
     settings: dict[str, Any] = {key: spec.default for key, spec in KEYS.items()}
     settings.update(values)
+    if state_file is not None:  # --state-file: the file's state_file (if any) is not used
+        settings["state_file"] = state_file
 
     if "http_stale_after" in values:
         warnings.append(
             f"{path}:{lines['http_stale_after']}: http_stale_after is now called stale_after "
             "and applies to every sink; please rename it"
         )
-    if settings["state_file"] == LEGACY_STATE_FILE:
+    if state_file is None and settings["state_file"] == LEGACY_STATE_FILE:
         warnings.append(
             f"{path}:{lines['state_file']}: state_file {LEGACY_STATE_FILE} is the old default, "
             f"which the service user cannot write; using {DEFAULT_STATE_FILE} instead"
@@ -568,7 +574,7 @@ def config_from_text(text: str, path: str = DEFAULT_PATH) -> Config:
     if "serial_format" not in values:  # "" for auto: the found protocol's (auto_meter.py)
         settings["serial_format"] = SERIAL_FORMAT_DEFAULTS.get(settings["protocol"], "")
     settings["serial_format"] = settings["serial_format"].upper()
-    return Config(path=path, warnings=tuple(warnings), **settings)
+    return Config(path=path, warnings=tuple(warnings), state_file_option=state_file, **settings)
 
 
 def _file_problem(name: str) -> str | None:

@@ -212,6 +212,12 @@ def build_sink(name: str, config: Config, health: Health | None = None) -> Sink 
     return None
 
 
+# The sinks that may fail to start at start-up without stopping the daemon: the HTTP endpoint's
+# address may be held by another program, typically a second instance (a second meter) given
+# the same http_listen; the meter, the state file and the other sinks need not wait for it.
+OPTIONAL_AT_START = ("http",)
+
+
 def build_sinks(
     config: Config,
     keep: dict[str, Sink] | None = None,
@@ -221,7 +227,8 @@ def build_sinks(
     """All sinks ``config`` switches on; reuses those in ``keep`` whose settings are unchanged.
 
     Without ``keep`` (start-up) a sink that cannot start raises SinkError: better to stop with
-    a clear message than to run half-configured. On reload it is logged and left out.
+    a clear message than to run half-configured. Except the sinks of OPTIONAL_AT_START, and
+    any sink on reload: it is logged and left out, and the next reload tries it again.
     """
     sinks: list[Sink] = []
     keep = dict(keep or {})
@@ -236,7 +243,8 @@ def build_sinks(
         try:
             sink = build_sink(name, config, health)
         except (SinkError, ConfigError) as error:
-            if old is None:
+            optional = isinstance(error, SinkError) and name in OPTIONAL_AT_START
+            if old is None and not optional:
                 for started in sinks:
                     started.close()
                 raise
@@ -564,7 +572,7 @@ class Daemon:
         protocol changed), so that it is read at once."""
         self.notifier.reloading()
         try:
-            new = load_config(self.config.path)
+            new = load_config(self.config.path, self.config.state_file_option)
         except Exception as error:  # ConfigError, or a bug: never die on a reload
             if not isinstance(error, ConfigError):
                 log.exception("unexpected error while reading the configuration")

@@ -12,6 +12,10 @@ The man pages are hand-written roff; this script makes sure they cannot drift fr
 * the default paths named in the code appear in the pages;
 * the unit's ``RuntimeDirectory=`` is the directory of the default state file, and its
   ``ExecStart=`` is the installed command;
+* the template unit ``iskra-me162@.service`` is the plain unit line for line, except that
+  instance NAME reads ``/etc/default/iskra-me162-NAME`` and writes its state file in its own
+  ``RuntimeDirectory=`` (``--state-file``); the example config of an instance is valid, and the
+  package ships both;
 * both pages carry the version of setup.py, and debian/changelog's newest entry is that version.
 
 Usage: packaging/check-docs.py [REPO]   (default: the repository this script is in).
@@ -198,6 +202,74 @@ def check_paths(pages: str, unit_text: str, problems: list[str]) -> None:
         problems.append("unit: ExecStart= must run /usr/bin/iskra-me162")
 
 
+def unit_lines(text: str) -> list[tuple[str, str, str]]:
+    """(section, key, value) of every setting of a unit file, in order (repeated keys too)."""
+    section, result = "", []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, _, value = line.partition("=")
+        result.append((section, key.strip(), value.strip()))
+    return result
+
+
+# What iskra-me162@.service may say differently from iskra-me162.service: only these settings.
+TEMPLATE_OWN = {("Unit", "Description"), ("Service", "ExecStart"), ("Service", "RuntimeDirectory")}
+
+
+def check_template(unit_text: str, template_text: str, problems: list[str]) -> None:
+    """The template unit is the plain unit with an instance's own config and state file."""
+    from iskra_me162 import config
+
+    plain_lines = [line for line in unit_lines(unit_text) if line[:2] not in TEMPLATE_OWN]
+    template_lines = [line for line in unit_lines(template_text) if line[:2] not in TEMPLATE_OWN]
+    for section, key, value in plain_lines:
+        if (section, key, value) not in template_lines:
+            problems.append(
+                f"iskra-me162@.service: lacks [{section}] {key}={value} of the plain unit"
+            )
+    for section, key, value in template_lines:
+        if (section, key, value) not in plain_lines:
+            problems.append(
+                f"iskra-me162@.service: [{section}] {key}={value} is not in the plain unit"
+            )
+    own = {(section, key): value for section, key, value in unit_lines(template_text)}
+    runtime_dir = own.get(("Service", "RuntimeDirectory"), "")
+    if runtime_dir != "iskra-me162-%i":
+        problems.append(f"iskra-me162@.service: RuntimeDirectory={runtime_dir}, not iskra-me162-%i")
+    state_file = f"/run/{runtime_dir}/{Path(config.DEFAULT_STATE_FILE).name}"
+    exec_start = f"/usr/bin/iskra-me162 --config {config.DEFAULT_PATH}-%i --state-file {state_file}"
+    if own.get(("Service", "ExecStart")) != exec_start:
+        problems.append(
+            f"iskra-me162@.service: ExecStart={own.get(('Service', 'ExecStart'))}; "
+            f"expected ExecStart={exec_start}"
+        )
+    if "%i" not in own.get(("Unit", "Description"), ""):
+        problems.append("iskra-me162@.service: Description= does not name the instance (%i)")
+
+
+def check_instance_example(repo: Path, problems: list[str]) -> None:
+    """systemd/iskra-me162-NAME: a valid config, shipped as an example with the template unit."""
+    from iskra_me162.config import config_from_text
+    from iskra_me162.errors import ConfigError
+
+    example = repo / "systemd" / "iskra-me162-NAME"
+    try:
+        config_from_text(example.read_text(encoding="utf-8"), str(example))
+    except (OSError, ConfigError) as error:
+        problems.append(f"systemd/iskra-me162-NAME: {error}")
+    shipped = (repo / "debian/iskra-me162.examples").read_text(encoding="utf-8").split()
+    if "systemd/iskra-me162-NAME" not in shipped:
+        problems.append("debian/iskra-me162.examples does not ship systemd/iskra-me162-NAME")
+    link = repo / "debian" / "iskra-me162@.service"
+    if not link.is_file() or link.resolve() != (repo / "systemd/iskra-me162@.service").resolve():
+        problems.append("debian/iskra-me162@.service is not systemd/iskra-me162@.service")
+
+
 def setup_version(setup_source: str) -> str:
     """``VERSION = "..."`` (or a literal ``version=``) of setup.py, read without running it."""
     for node in ast.walk(ast.parse(setup_source)):
@@ -213,7 +285,7 @@ def setup_version(setup_source: str) -> str:
             and isinstance(node.value, ast.Constant)
         ):
             return str(node.value.value)
-    raise ValueError("setup.py: no VERSION = \"...\" and no literal version=")
+    raise ValueError('setup.py: no VERSION = "..." and no literal version=')
 
 
 def check_versions(repo: Path, pages: dict[str, str], problems: list[str]) -> None:
@@ -236,11 +308,14 @@ def main(argv: list[str]) -> int:
     page8 = (repo / "docs/iskra-me162.8").read_text(encoding="utf-8")
     page5 = (repo / "docs/iskra-me162.5").read_text(encoding="utf-8")
     unit_text = (repo / "systemd/iskra-me162.service").read_text(encoding="utf-8")
+    template_text = (repo / "systemd/iskra-me162@.service").read_text(encoding="utf-8")
     cli_source = (repo / "iskra_me162/cli.py").read_text(encoding="utf-8")
     problems: list[str] = []
     check_keys(page5, problems)
     check_cli(page8, cli_source, problems)
     check_paths(page8 + page5, unit_text, problems)
+    check_template(unit_text, template_text, problems)
+    check_instance_example(repo, problems)
     check_versions(repo, {"iskra-me162.8": page8, "iskra-me162.5": page5}, problems)
     for problem in problems:
         print(problem, file=sys.stderr)

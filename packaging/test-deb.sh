@@ -22,6 +22,7 @@ set -euo pipefail
 
 PACKAGE=iskra-me162
 MAX_EXPOSURE=2.5
+INSTANCE=heatpump # an instance of the template unit iskra-me162@.service
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 OUT=${ISKRA_DEB_OUT:-/tmp/iskra-me162-deb}
@@ -86,7 +87,11 @@ has_package_state() { dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep
 WORK=$(mktemp -d /tmp/iskra-me162-test-deb.XXXXXX)
 chmod 0755 "$WORK" # apt's _apt user and lintian (run as nobody) must read what is in it
 mkdir "$WORK/home"
-cleanup() { rm -rf "$WORK"; }
+instance_made=0 # 1 while this script's instance config and runtime directory exist
+cleanup() {
+    rm -rf "$WORK"
+    if [ "$instance_made" = 1 ]; then rm -rf "/etc/default/iskra-me162-$INSTANCE" "/run/iskra-me162-$INSTANCE"; fi
+}
 trap cleanup EXIT
 
 # --- the machine ---------------------------------------------------------------------------------
@@ -209,6 +214,10 @@ check "no tests, no byte code, nothing under /usr/local" \
     sh -c '! grep -E " /usr/lib/python3/dist-packages/tests|__pycache__|\.pyc$| /usr/local" "$1"' _ "$WORK/contents"
 check "the unit in debhelper's unit directory ($UNIT_DIR)" \
     test "$UNIT_DIR" = /lib/systemd/system -o "$UNIT_DIR" = /usr/lib/systemd/system
+check "the template unit iskra-me162@.service beside it" \
+    has '-rw-r--r--' "$UNIT_DIR/iskra-me162@.service"
+check "the example config of an instance, /usr/share/doc/iskra-me162/examples/iskra-me162-NAME" \
+    has '-rw-r--r--' /usr/share/doc/iskra-me162/examples/iskra-me162-NAME
 check "/etc/default/iskra-me162 shipped 0640 (the postinst adds the group)" \
     has '-rw-r-----' /etc/default/iskra-me162
 check "/etc/default/iskra-me162 is the only conffile" \
@@ -341,6 +350,75 @@ else
 fi
 chown root "$WORK/conf"
 
+# --- an instance of the template unit --------------------------------------------------------------
+TEMPLATE="$UNIT_DIR/iskra-me162@.service"
+INSTANCE_UNIT="$UNIT_DIR/iskra-me162@$INSTANCE.service" # no such file: systemd-analyze instantiates
+INSTANCE_CONFIG="/etc/default/iskra-me162-$INSTANCE"
+INSTANCE_RUN="/run/iskra-me162-$INSTANCE"
+check "the installed template unit is the one in the repository" \
+    cmp "$TEMPLATE" "$REPO/systemd/iskra-me162@.service"
+check "systemd-analyze verify iskra-me162@$INSTANCE.service is clean" \
+    sh -c 'out=$(systemd-analyze verify "$1" 2>&1); status=$?; printf "%s" "$out"; [ $status = 0 ] && [ -z "$out" ]' \
+    _ "$INSTANCE_UNIT"
+systemd-analyze security --offline=true "$INSTANCE_UNIT" >"$WORK/security-instance.log" 2>&1 || true
+exposure=$(sed -n "s/.*Overall exposure level for iskra-me162@$INSTANCE\.service: \([0-9.]*\).*/\1/p" \
+    "$WORK/security-instance.log")
+echo "# systemd-analyze security --offline=true $INSTANCE_UNIT: overall exposure ${exposure:-?}"
+grep -E '✗' "$WORK/security-instance.log" | sed 's/^/    /' || true
+check "instance: offline security exposure ${exposure:-?} <= $MAX_EXPOSURE" \
+    awk -v e="${exposure:-99}" -v max="$MAX_EXPOSURE" 'BEGIN { exit !(e + 0 <= max + 0) }'
+check "instance: the plain unit's sandbox and watchdog, its own config, runtime directory, state file" sh -c '
+    strip() { grep -Ev "^(#|$|Description=|ExecStart=|RuntimeDirectory=)" "$1"; }
+    strip "$1" >"$3/plain.settings"; strip "$2" >"$3/template.settings"
+    diff "$3/plain.settings" "$3/template.settings" || exit 1
+    for line in "ExecStart=/usr/bin/iskra-me162 --config /etc/default/iskra-me162-%i --state-file /run/iskra-me162-%i/state" \
+                "RuntimeDirectory=iskra-me162-%i"; do
+        grep -qxF "$line" "$2" || { echo "missing: $line"; exit 1; }
+    done' _ "$UNIT" "$TEMPLATE" "$WORK"
+
+# What the instance's service runs, without systemd: its ExecStart with %i = $INSTANCE, as the
+# service user, in the runtime directory systemd would make (RuntimeDirectory=, 0750), with a
+# config made from the shipped example as the README says, reading the simulated meter.
+instance_cmd=$(sed -n 's/^ExecStart=//p' "$TEMPLATE" | sed "s/%i/$INSTANCE/g")
+echo "# instance $INSTANCE runs: $instance_cmd"
+set +e
+# shellcheck disable=SC2086 # the unit's command line, split into words as systemd does
+setpriv --reuid=iskra-me162 --regid=iskra-me162 --init-groups env -i PATH="$CLEAN_PATH" LC_ALL=C.UTF-8 \
+    $instance_cmd >/dev/null 2>"$WORK/instance-missing.err"
+missing_status=$?
+set -e
+check "without $INSTANCE_CONFIG the instance stops with status 78 and says why (got $missing_status)" \
+    sh -c '[ "$1" = 78 ] && grep -qF "$2: configuration file not found" "$3"' \
+    _ "$missing_status" "$INSTANCE_CONFIG" "$WORK/instance-missing.err"
+[ ! -e "$INSTANCE_CONFIG" ] || abort "$INSTANCE_CONFIG exists already (not made by this script)"
+instance_made=1
+install -m 0640 -g iskra-me162 /usr/share/doc/iskra-me162/examples/iskra-me162-NAME "$INSTANCE_CONFIG"
+check "--check-config accepts the example of an instance as the service user" \
+    setpriv --reuid=iskra-me162 --regid=iskra-me162 --init-groups \
+    env -i PATH="$CLEAN_PATH" LC_ALL=C.UTF-8 /usr/bin/iskra-me162 --check-config --config "$INSTANCE_CONFIG"
+sed -i 's|^port = .*|port = "sim://me162"|' "$INSTANCE_CONFIG"
+# A copy of the plain unit's file names the plain unit's state file: --state-file wins.
+echo 'state_file = "/run/iskra-me162/state"' >>"$INSTANCE_CONFIG"
+rm -rf "$INSTANCE_RUN"
+install -d -m 0750 -o iskra-me162 -g iskra-me162 "$INSTANCE_RUN"
+plain_state_before=$(ls -l /run/iskra-me162/state 2>&1 || true)
+echo "# instance $INSTANCE under a notify socket, as user iskra-me162 (packaging/notify-probe.py):"
+# shellcheck disable=SC2086
+if run_clean /usr/bin/python3 "$SRC/packaging/notify-probe.py" iskra-me162 $instance_cmd \
+    >"$WORK/notify-instance.log" 2>&1; then
+    sed 's/^/    /' "$WORK/notify-instance.log"
+    ok "instance: Type=notify contract: READY, STATUS, WATCHDOG, reload, stop"
+else
+    sed 's/^/    /' "$WORK/notify-instance.log"
+    fail "instance: Type=notify contract: READY, STATUS, WATCHDOG, reload, stop"
+fi
+check "instance: its state file $INSTANCE_RUN/state, written by iskra-me162" \
+    sh -c '[ -s "$1/state" ] && [ "$(stat -c %U "$1/state")" = iskra-me162 ]' _ "$INSTANCE_RUN"
+check "instance: not the plain unit's state file (its config's state_file is overridden)" \
+    test "$(ls -l /run/iskra-me162/state 2>&1 || true)" = "$plain_state_before"
+rm -rf "$INSTANCE_RUN" "$INSTANCE_CONFIG"
+instance_made=0
+
 # --- upgrades keep the administrator's edits -------------------------------------------------------
 # A second build whose only changes are a newer version and a changed default config file.
 NEXT="${VERSION}+upgradetest1"
@@ -391,8 +469,9 @@ package_gone() { ! has_package_state; }
 check "the package is gone, with its configuration" package_gone
 check "/etc/default/iskra-me162 is gone (and no .dpkg-* copies)" \
     sh -c '! ls -d /etc/default/iskra-me162* 2>/dev/null | grep -q .'
-check "the program, the module and the unit are gone" sh -c \
-    '[ ! -e /usr/bin/iskra-me162 ] && [ ! -e /usr/lib/python3/dist-packages/iskra_me162 ] && [ ! -e "$1" ]' _ "$UNIT"
+check "the program, the module and the units are gone" sh -c \
+    '[ ! -e /usr/bin/iskra-me162 ] && [ ! -e /usr/lib/python3/dist-packages/iskra_me162 ] && [ ! -e "$1" ] &&
+     [ ! -e "$2" ]' _ "$UNIT" "$TEMPLATE"
 check "the system user stays after purge (files and logs may still name its uid)" getent passwd iskra-me162
 
 # --- the checkout ----------------------------------------------------------------------------------
