@@ -152,6 +152,12 @@ def _topic_prefix_check(key: str) -> Callable[[str], str | None]:
     return check
 
 
+def _check_device_name(value: str) -> str | None:
+    from iskra_me162.sinks.mqtt_messages import check_device_name
+
+    return check_device_name(value)
+
+
 def _check_listen(value: str) -> str | None:
     if not value:
         return None
@@ -184,6 +190,12 @@ class Config:
         "/dev/ttyUSB0",
         "serial device of the IR head, or a pyserial URL (rfc2217://host:port, socket://host:port)",
         check=_check_port,
+    )
+    device_name: str = METER.key(
+        "",
+        "the meter's name in Home Assistant, on the status page and in the log (\"Heat pump "
+        'meter"); empty = make, model and number; never part of a topic',
+        check=_check_device_name,
     )
     serial_format: str = METER.key(
         "",

@@ -146,9 +146,11 @@ _FRESHNESS_KEYS = ("stale_after", "http_stale_after", "update_interval")
 SINK_KEYS: dict[str, tuple[str, ...]] = {
     "domoticz": keys_of("domoticz"),
     "log": ("domoticzserver", "swap_tariffs"),
-    "http": (*keys_of("http"), *_FRESHNESS_KEYS),
-    "mqtt": (*keys_of("mqtt"), *_FRESHNESS_KEYS),
+    "http": (*keys_of("http"), *_FRESHNESS_KEYS, "device_name"),
+    "mqtt": (*keys_of("mqtt"), *_FRESHNESS_KEYS, "device_name"),
 }
+# Meter keys that only name the meter for the sinks: a change does not reopen the port.
+NAMING_KEYS = ("device_name",)
 # The keys the derive stage is built from; on SIGHUP it is kept (with its counter window) when
 # none of them changed.
 DERIVE_KEYS = (*keys_of("derive"), "update_interval")
@@ -190,7 +192,11 @@ def build_sink(name: str, config: Config, health: Health | None = None) -> Sink 
         from iskra_me162.sinks.pages import http_pages
 
         endpoint = HttpEndpoint(
-            config.http_listen, config.reading_max_age, pages=http_pages(), health=health
+            config.http_listen,
+            config.reading_max_age,
+            pages=http_pages(),
+            health=health,
+            device_name=config.device_name,
         )
         endpoint.start()  # SinkError when the address cannot be bound
         return endpoint
@@ -208,6 +214,7 @@ def build_sink(name: str, config: Config, health: Health | None = None) -> Sink 
             config.mqtt_discovery_prefix,
             config.mqtt_retain,
             config.reading_max_age,
+            config.device_name,
         )
     return None
 
@@ -364,7 +371,8 @@ class Daemon:
         for warning in self.config.warnings:
             log.warning("%s", warning)
         log.info(
-            "reading %s every %d s (%s), sinks: %s",
+            "reading %s%s every %d s (%s), sinks: %s",
+            f"{self.config.device_name!r} on " if self.config.device_name else "",
             self.config.port,
             self.config.update_interval,
             self.config.protocol,
@@ -587,7 +595,10 @@ class Daemon:
 
         setup_logging(new.print_debug, new.secrets)
         self.config = new
-        meter_keys = (*keys_of("meter"), "update_interval" if new.live_power else "port")
+        meter_keys = (
+            *(key for key in keys_of("meter") if key not in NAMING_KEYS),
+            "update_interval" if new.live_power else "port",
+        )
         meter_changed = any(getattr(old, key) != getattr(new, key) for key in meter_keys)
         if meter_changed:
             self.meter.close()

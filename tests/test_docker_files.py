@@ -417,3 +417,31 @@ def test_installed_command_checks_the_container_config(installed):
         cwd=installed,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_shows_two_meters_as_two_commented_services():
+    """Uncommented, the two example services are the first one's container with each its own
+    IR head, configuration file, host port and container name (issue 14)."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    example = text[text.index("  #grid:") :]
+    uncommented = text.replace(example, re.sub(r"^  #", "  ", example, flags=re.M))
+    services = yaml.safe_load(uncommented)["services"]
+    del services["iskra-me162"]  # the example replaces it
+    assert list(services) == ["grid", "heatpump"]
+    single = compose_service()
+    per_meter = ("container_name", "devices", "ports", "volumes")
+    seen: dict[str, set] = {key: set() for key in per_meter}
+    for service in services.values():
+        assert {k: v for k, v in service.items() if k not in per_meter} == {
+            k: v for k, v in single.items() if k not in per_meter
+        }
+        (device,) = service["devices"]
+        host, container = device.split(":")
+        assert host.startswith("/dev/serial/by-id/") and container == "/dev/ttyUSB0"
+        (port,) = service["ports"]
+        assert port.endswith(":8080")
+        (volume,) = service["volumes"]
+        assert volume.split(":")[1:] == [CONFIG_PATH, "ro"]
+        for key in per_meter:
+            seen[key].add(str(service[key]))
+    assert all(len(values) == 2 for values in seen.values()), seen

@@ -81,16 +81,17 @@ _ROUTES = {
 }
 
 
-
 @dataclass(frozen=True)
 class PageContext:
     """What a page rendered per request sees: the values as ``/api/v1/readings`` serves them
-    (None before the first readout), their age and staleness, and the daemon's health."""
+    (None before the first readout), their age and staleness, the daemon's health and the
+    meter's name (device_name; "" when not set)."""
 
     values: Values | None
     age_s: float | None
     stale: bool
     health: HealthSnapshot | None
+    device_name: str = ""
 
 
 # A page rendered at each request (the status page at "/", the metrics): (content type, body).
@@ -524,6 +525,7 @@ class _Handler(BaseHTTPRequestHandler):
             age_s=age,
             stale=age is None or age > self.server.stale_after,
             health=None if health is None else health.snapshot(),
+            device_name=self.server.device_name,
         )
         try:
             content_type, body = page(context)
@@ -596,6 +598,7 @@ class _Server(ThreadingHTTPServer):
         self.pages = pages
         self.health = health
         self.stale_after = stale_after
+        self.device_name = ""
         self.request_timeout = request_timeout
         self.connections = _Connections(max_connections)
         # close() writes a byte here to wake the accept loop at once (serve_forever() would
@@ -726,9 +729,10 @@ class HttpEndpoint:
         request_timeout: float = REQUEST_TIMEOUT,
         pages: dict[str, PageRenderer] | None = None,
         health: Health | None = None,
+        device_name: str = "",
     ) -> None:
-        """``pages``: paths rendered per request (see :data:`PageRenderer`); ``health``: what
-        they show besides the values."""
+        """``pages``: paths rendered per request (see :data:`PageRenderer`); ``health`` and
+        ``device_name`` (the key): what they show besides the values."""
         try:
             self._host, self._port = parse_listen(listen, any_port=True)
         except ValueError as error:
@@ -743,6 +747,7 @@ class HttpEndpoint:
         self._latest = _Latest()
         self._pages = dict(pages or {})
         self._health = health
+        self._device_name = device_name
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -778,6 +783,7 @@ class HttpEndpoint:
             )
         except OSError as error:
             raise SinkError(_bind_error(where, error)) from None
+        server.device_name = self._device_name
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_until_stopped,

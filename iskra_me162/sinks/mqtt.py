@@ -53,6 +53,7 @@ from iskra_me162.sinks.mqtt_messages import (
     Message,
     Topics,
     TotalsGuard,
+    check_device_name,
     check_host,
     check_topic_prefix,
     discovery_configs,
@@ -99,6 +100,7 @@ class _Settings:
     reconnect_max_delay: float
     first_connect_wait: float
     sw_version: str
+    device_name: str
 
     @property
     def where(self) -> str:
@@ -131,6 +133,7 @@ class MqttSink:
         discovery_prefix: str = Config.mqtt_discovery_prefix,
         retain: bool = Config.mqtt_retain,
         stale_after: float = Config().reading_max_age,
+        device_name: str = Config.device_name,
         *,
         client_id: str = "",
         keepalive: int = 60,
@@ -148,6 +151,9 @@ class MqttSink:
             )
         check_topic_prefix(topic_prefix, "mqtt_topic_prefix")
         check_topic_prefix(discovery_prefix, "mqtt_discovery_prefix")
+        problem = check_device_name(device_name)
+        if problem:
+            raise ConfigError(problem)
         if not 0 < reconnect_min_delay <= reconnect_max_delay:
             raise ValueError("need 0 < reconnect_min_delay <= reconnect_max_delay")
         if keepalive < 5:
@@ -175,6 +181,7 @@ class MqttSink:
             reconnect_max_delay=reconnect_max_delay,
             first_connect_wait=first_connect_wait,
             sw_version=version(),
+            device_name=device_name,
         )
         self._guards: OrderedDict[str, TotalsGuard] = OrderedDict()
         self._session: _Session | None = None
@@ -231,6 +238,13 @@ class MqttSink:
             )
             session.close()
             self._session = None
+        if not identity.serial:
+            log.warning(
+                "meter %s sends no serial number: its MQTT topics and Home Assistant ids are "
+                "made from its make and model, which an identical meter shares; give each such "
+                "meter on this broker its own mqtt_topic_prefix (docs/mqtt.rst, Several meters)",
+                meter_id,
+            )
         guard = self._guards.pop(meter_id, None) or TotalsGuard(meter_id)
         self._guards[meter_id] = guard
         while len(self._guards) > MAX_REMEMBERED_METERS:
@@ -359,6 +373,7 @@ class _Session:
             self.topics,
             self._settings.sw_version,
             self._settings.expire_after,
+            self._settings.device_name,
         )
         for topic, payload in configs.items():
             if self._announced.get(topic) != payload:

@@ -19,6 +19,14 @@ Topics, with ``<prefix>`` = ``mqtt_topic_prefix`` and ``<meter id>`` =
     :func:`discovery_configs`).
 
 Numbers are written as exact decimals (``7408.2524``, never ``7408.252399999999``).
+
+Identities (docs/mqtt.rst, "Several meters"): topics, unique ids and the Home Assistant
+device identifier all come from the meter, never from the configuration: its serial number (IEC
+62056-21: 96.1.0, 0.0.0 or 96.1.255) or SML server id, so that meters on one broker never collide
+with the default prefixes. A meter that sends neither is named after its make and model
+(``ISK-ME162-0033``): two such meters need their own ``mqtt_topic_prefix`` each, and then the
+prefix is part of their ids too (:func:`object_id`). ``device_name`` only names the device in
+Home Assistant; being free text it appears in payloads, never in a topic.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ NOT_AVAILABLE = "offline"
 # stays the same when the discovery prefix is changed in Home Assistant.
 HA_BIRTH_TOPIC = "homeassistant/status"
 UNIQUE_ID_PREFIX = "iskra_me162"
+DEFAULT_TOPIC_PREFIX = "iskra-me162"  # Config.mqtt_topic_prefix's default (a test compares)
+MAX_DEVICE_NAME = 100  # characters of device_name
 ORIGIN_NAME = "iskra-me162"
 
 _TARIFFS = range(1, 10)  # x.8.1 .. x.8.9
@@ -427,6 +437,7 @@ def discovery_configs(
     topics: Topics,
     sw_version: str,
     expire_after: int,
+    device_name: str = "",
 ) -> dict[str, bytes]:
     """Home Assistant discovery configs (topic -> JSON) for the entities of one meter.
 
@@ -439,11 +450,14 @@ def discovery_configs(
     ``expire_after`` is the daemon's one freshness rule (the age at which the HTTP endpoint
     answers 503 too): when no reading arrives for that many seconds, Home Assistant shows the
     sensors as unavailable instead of the last values, and the next reading brings them back.
+
+    ``device_name`` (the key of that name) names the device instead of make, model and number.
     """
-    device = device_info(identity)
+    meter_object_id = object_id(identity, topics.prefix)
+    device = device_info(identity, meter_object_id, device_name)
     configs: dict[str, bytes] = {}
     for entity in _ordered(entities):
-        unique_id = f"{UNIQUE_ID_PREFIX}_{safe_id(identity.meter_id)}_{entity.key}"
+        unique_id = f"{UNIQUE_ID_PREFIX}_{meter_object_id}_{entity.key}"
         config: dict[str, object] = {
             "name": entity.name,
             "unique_id": unique_id,
@@ -464,16 +478,32 @@ def discovery_configs(
     return configs
 
 
-def device_info(identity: MeterIdentity) -> dict[str, object]:
+def object_id(identity: MeterIdentity, topic_prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    """The meter's part of its unique ids and device identifier (``[A-Za-z0-9_-]``).
+
+    Its :attr:`~iskra_me162.readout.MeterIdentity.meter_id`: the serial number or SML server
+    id. A meter without either is named after its make and model, which two identical meters
+    share; they are told apart by their topic prefixes, so then a prefix other than the
+    default is part of the id too (the default is not: ids of existing set-ups stay).
+    """
+    if identity.serial or topic_prefix == DEFAULT_TOPIC_PREFIX:
+        return safe_id(identity.meter_id)
+    return safe_id(f"{topic_prefix}_{identity.meter_id}")
+
+
+def device_info(
+    identity: MeterIdentity, meter_object_id: str | None = None, name: str = ""
+) -> dict[str, object]:
     """Home Assistant's device of a meter: one per meter id (the serial when it sends one),
-    named after the manufacturer and the number printed on the meter."""
+    named ``name`` (device_name) or else after the manufacturer and the number printed on
+    the meter."""
     flag = identity.manufacturer.strip()
     manufacturer = _MANUFACTURERS.get(flag.upper(), flag)
     model = identity.model.strip()
     label = " ".join(part for part in (manufacturer or "Electricity meter", model) if part)
     device: dict[str, object] = {
-        "identifiers": [f"{UNIQUE_ID_PREFIX}_{safe_id(identity.meter_id)}"],
-        "name": f"{label} {identity.number}",
+        "identifiers": [f"{UNIQUE_ID_PREFIX}_{meter_object_id or object_id(identity)}"],
+        "name": name.strip() or f"{label} {identity.number}",
     }
     if manufacturer:
         device["manufacturer"] = manufacturer
@@ -482,6 +512,17 @@ def device_info(identity: MeterIdentity) -> dict[str, object]:
     if identity.serial:
         device["serial_number"] = identity.number
     return device
+
+
+def check_device_name(value: str) -> str | None:
+    """An error message when ``value`` cannot be ``device_name``, else None."""
+    if value != value.strip():
+        return "device_name starts or ends with white space"
+    if any(not char.isprintable() for char in value):
+        return "device_name contains a control character (a tab, a line break, ...)"
+    if len(value) > MAX_DEVICE_NAME:
+        return f"device_name is longer than {MAX_DEVICE_NAME} characters"
+    return None
 
 
 def safe_id(text: str) -> str:

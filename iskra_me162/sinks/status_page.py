@@ -63,7 +63,7 @@ def render(context: PageContext, now: datetime | None = None) -> tuple[str, byte
     health = context.health
     current = values if values is not None and not context.stale else None
     parts = [
-        _head(current),
+        _head(current, context.device_name),
         '<main class="page">',
         _header(values, context, health),
         _power_card(current, context),
@@ -80,8 +80,8 @@ def render(context: PageContext, now: datetime | None = None) -> tuple[str, byte
 # --- the parts ---------------------------------------------------------------------------------
 
 
-def _head(current: Values | None) -> str:
-    title = "Electricity meter"
+def _head(current: Values | None, device_name: str = "") -> str:
+    title = device_name or "Electricity meter"
     if current is not None and current.net_power is not None:
         title = f"{number_text(current.net_power.watts)} W · {title}"
     return (
@@ -120,7 +120,7 @@ def _header(values: Values | None, context: PageContext, health: HealthSnapshot 
         else:
             state = f'<p class="state ok" id="state" data-state="fresh">Read {age} ago, at {at}</p>'
     return (
-        "<header><h1>Electricity meter</h1>"
+        f"<header><h1>{_text(context.device_name or 'Electricity meter')}</h1>"
         f'<p class="meter" id="meter">{_text(meter)}</p>{state}</header>'
     )
 
