@@ -257,9 +257,8 @@ def once_process(repeats: int) -> list[float]:
     meter = PtyMeter(config=MeterConfig(baud_char="5", speedup=1.0))
     with meter as simulated, tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "iskra-me162"
-        config.write_text(
-            f'port = "{simulated.port}"\nprotocol = "iec62056-21"\nstate_file = ""\n'
-        )
+        # No protocol line: the default ("auto") is what a user's --once goes through.
+        config.write_text(f'port = "{simulated.port}"\nstate_file = ""\n')
         for _ in range(repeats):
             started = time.monotonic()
             subprocess.run(

@@ -183,7 +183,7 @@ class Config:
     protocol: str = METER.key(
         DEFAULT_PROTOCOL,
         "iec62056-21 (mode C request and readout), sml (meters that push SML frames) or auto "
-        "(listen for SML frames first, then try mode C)",
+        "(try mode C first, then listen for SML frames)",
         choices=PROTOCOLS,
     )
     port: str = METER.key(

@@ -76,6 +76,7 @@ class IecMeter:
         self.baud_switch_delay = baud_switch_delay
         self._low_speed_readouts_left = 0  # >0: high speed failed recently, stay at 300 baud
         self.fallbacks = 0  # readouts at high speed that failed (the next ones use 300 baud)
+        self.identification: iec.Identification | None = None  # of the latest session
 
     def close(self) -> None:
         self.port.close()
@@ -120,6 +121,7 @@ class IecMeter:
 
         ident, leftover = self._receive_identification()
         ident_time = time.monotonic()
+        self.identification = ident
         log.debug(
             "identification %s: manufacturer %s, baud character %r (%s), reaction time %d ms",
             ident.ident,

@@ -320,8 +320,8 @@ class Prober:
     def run(self) -> Findings:
         check_device(self.port)
         self.out(
-            f"Listening for SML frames at {self.config.sml_baudrate} Bd for up to {LISTEN_S:g} s, "
-            "then trying the mode C handshake ..."
+            "Trying the mode C handshake at 300 Bd; without an answer, listening for SML "
+            f"frames at {self.config.sml_baudrate} Bd for up to {LISTEN_S:g} s ..."
         )
         auto = AutoMeter(self.config, self._build)
         try:

@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 def write_config(path: Path, **settings: object) -> Path:
     """A config file in the daemon's own syntax (strings quoted, booleans as True/False).
 
-    Without a ``protocol`` it names mode C: the default, "auto", would listen 4.5 s for SML
-    frames before each first readout of every test (tests/test_auto_meter.py tests "auto").
+    Without a ``protocol`` it names mode C: with the default, "auto", a session that fails
+    before the identification (the fault tests) would listen 4.5 s for SML frames each time
+    (tests/test_auto_meter.py tests "auto").
     """
     if "port" in settings:
         settings.setdefault("protocol", "iec62056-21")
