@@ -26,7 +26,8 @@ The session, as this meter runs it:
    sending: a ``B0`` that arrives while the meter talks is not heard.
 5. A meter that refuses programming mode (NAK, a readout instead of ``P0``, no ``P0`` on the
    first try, or ``(ERROR)`` for 1.8.0) is logged once and read from then on as in readout
-   mode, one readout per ``full_every`` seconds.
+   mode: :attr:`pushes` turns False, and the daemon asks for a readout once per update
+   interval, waiting in between as it does for any mode C meter.
 
 Only the request, ACK, ``R1``, ``B0`` and NAK are ever sent (``iec62056_21.is_allowed_command``
 checks every message before it leaves): no write, execute or password command.
@@ -63,7 +64,11 @@ LONGEST_ANSWER_WAIT = 1.0  # before a B0 at the end: at most this for an answer 
 class LiveIecMeter(IecMeter):
     """Reads an IEC 62056-21 meter's counters live in programming mode; see the module doc."""
 
-    pushes = True  # a readout per poll: the daemon handles it as it handles a push meter
+    @property
+    def pushes(self) -> bool:
+        """A readout per poll: the daemon handles it as a push meter; refused, as a meter it
+        asks once per update interval (the daemon's own wait is cheaper than a poll loop)."""
+        return not self.refused
 
     def __init__(
         self,
@@ -84,7 +89,7 @@ class LiveIecMeter(IecMeter):
         self._ever_in_session = False
         self.refused = False  # the meter has no programming mode: readout mode from now on
         self._next_poll = 0.0  # monotonic time of the next poll cycle
-        self._next_full = 0.0  # readout mode (refused): the next readout; else the next tariffs
+        self._next_full = 0.0  # when the tariff registers are polled next
         self._tariffs_left: list[str] = []
         self._session_baud = INITIAL_BAUD  # the rate the meter talks and listens at in session
         self._reaction = 0.0  # the meter's reaction time, from its identification
@@ -100,8 +105,7 @@ class LiveIecMeter(IecMeter):
         if self._base is None:
             return self._whole_readout()
         if self.refused:
-            self._wait_until(self._next_full)
-            return self._whole_readout()
+            return self._whole_readout()  # the daemon paces these (pushes is False)
         if not self._in_session:
             self._enter()
         self._wait_until(self._next_poll)
@@ -121,7 +125,6 @@ class LiveIecMeter(IecMeter):
     def _whole_readout(self) -> Readout:
         readout = super().read()
         self._base = readout
-        self._next_full = time.monotonic() + self.full_every
         return readout
 
     def _enter(self) -> None:
@@ -207,7 +210,6 @@ class LiveIecMeter(IecMeter):
         self.refused = True
         self._in_session = False
         self.port.close()
-        self._next_full = time.monotonic() + self.full_every
         log.warning(
             "live power is off: the meter refuses programming mode (%s); it is read in readout "
             "mode every %g s instead (set live_power = False to say so in the configuration)",
