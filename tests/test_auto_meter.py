@@ -17,13 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 Done = subprocess.CompletedProcess[str]
 
 
-def read_once(
-    tmp_path: Path, port: str, *lines: str
-) -> tuple[subprocess.CompletedProcess[str], float]:
+def read_once(tmp_path: Path, port: str, *lines: str) -> tuple[Done, float]:
+    """``--once --dry-run`` with a config of ``port``, no state file and ``lines``; how long."""
     config = tmp_path / "iskra-me162"
     config.write_text("\n".join((f'port = "{port}"', 'state_file = ""', *lines)) + "\n")
     started = time.monotonic()
-    done = subprocess.run(
+    done = run_once(config)
+    return done, time.monotonic() - started
+
+
+def run_once(config: Path) -> Done:
+    """The real program, ``--once --dry-run`` with ``config``."""
+    return subprocess.run(
         [sys.executable, "-m", "iskra_me162", "--config", str(config), "--once", "--dry-run"],
         cwd=REPO,
         capture_output=True,
@@ -31,7 +36,6 @@ def read_once(
         timeout=60,
         stdin=subprocess.DEVNULL,
     )
-    return done, time.monotonic() - started
 
 
 def test_auto_finds_a_mode_c_meter_at_once_costing_no_time(tmp_path):
@@ -108,17 +112,6 @@ def shipped_config(tmp_path: Path, port: str) -> Path:
     path = tmp_path / "iskra-me162"
     path.write_text(text)
     return path
-
-
-def run_once(config: Path) -> Done:
-    return subprocess.run(
-        [sys.executable, "-m", "iskra_me162", "--config", str(config), "--once", "--dry-run"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_the_shipped_config_reads_an_me162_and_an_sml_meter(tmp_path):

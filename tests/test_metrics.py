@@ -135,11 +135,7 @@ def test_the_daemon_serves_metrics_that_parse_and_match_its_readings(tmp_path):
             assert time.monotonic() < deadline, daemon.output
             time.sleep(0.2)
         _status, readings = get(port, "/api/v1/readings")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        connection.request("GET", "/metrics")
-        body = connection.getresponse().read()
-        connection.close()
-        samples = parsed(body)
+        samples = parsed(fetch_metrics(port))
         energy = samples["iskra_me162_energy_wh_total"]
         total = energy[(("direction", "import"), ("tariff", "total"))]
         assert Decimal(str(total)) == Decimal(str(readings["import_kwh"])) * 1000
