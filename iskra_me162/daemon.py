@@ -279,7 +279,7 @@ def status_line(values: Values) -> str:
     parts = []
     for direction, energy in (("import", values.import_energy), ("export", values.export_energy)):
         if energy is not None:
-            parts.append(f"{direction} {number_text(energy.total_wh.scaleb(-3))} kWh")
+            parts.append(f"{direction} {number_text(energy.total_kwh)} kWh")
     net = values.net_power
     if net is not None:
         span = f" over {net.span_s:.0f} s" if net.span_s is not None else ""

@@ -19,6 +19,12 @@ FROM_COUNTERS = "counters"  # the change of an energy counter over time
 FROM_STEPS = "steps"  # the timing of a polled counter's steps (live power, derive/steps.py)
 
 
+def wh_to_kwh(wh: Decimal) -> Decimal:
+    """``wh`` in kWh, exact (``scaleb`` moves the decimal point and never rounds): the one
+    conversion every sink that shows kWh uses."""
+    return wh.scaleb(-3)
+
+
 @dataclass(frozen=True, slots=True)
 class Energy:
     """One direction's energy counters (import 1.8.x or export 2.8.x) in Wh, exact.
@@ -31,6 +37,10 @@ class Energy:
     total_wh: Decimal
     source: str
     tariffs_wh: tuple[tuple[int, Decimal], ...] = ()
+
+    @property
+    def total_kwh(self) -> Decimal:
+        return wh_to_kwh(self.total_wh)
 
     def tariff_wh(self, number: int) -> Decimal | None:
         """Tariff register ``number`` (1 for x.8.1) in Wh, or None when the meter sent none."""

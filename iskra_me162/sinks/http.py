@@ -162,7 +162,7 @@ def _show_address(host: str, port: int) -> str:
 
 
 def _kwh(energy: Energy | None) -> Decimal | None:
-    return None if energy is None else energy.total_wh.scaleb(-3)  # exact: scaleb does not round
+    return None if energy is None else energy.total_kwh
 
 
 def _watts(power: Power | None) -> Decimal | None:

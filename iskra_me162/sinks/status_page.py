@@ -33,7 +33,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import escape
 
-from iskra_me162.derive.values import FROM_COUNTERS, FROM_METER, FROM_STEPS, Energy, Power, Values
+from iskra_me162.derive.values import (
+    FROM_COUNTERS,
+    FROM_METER,
+    FROM_STEPS,
+    Energy,
+    Power,
+    Values,
+    wh_to_kwh,
+)
 from iskra_me162.health import HealthSnapshot, PowerPoint, SinkState
 from iskra_me162.jsontext import iso_utc, number_text
 from iskra_me162.sinks.http import PageContext
@@ -195,7 +203,7 @@ def _energy_row(label: str, key: str, energy: Energy | None) -> str:
     tariffs = ""
     if energy.has_tariffs:
         tariffs = " · ".join(
-            f"T{number} {number_text(wh.scaleb(-3))}" for number, wh in energy.tariffs_wh
+            f"T{number} {number_text(wh_to_kwh(wh))}" for number, wh in energy.tariffs_wh
         )
     return _kwh_row(label, key, _kwh(energy.total_wh), tariffs)
 
@@ -415,7 +423,7 @@ def _watts(power: Power | None) -> Decimal | None:
 
 
 def _kwh(wh: Decimal | None) -> Decimal | None:
-    return None if wh is None else wh.scaleb(-3)  # as the JSON: exact, scaleb does not round
+    return None if wh is None else wh_to_kwh(wh)
 
 
 def _number(key: str, value: Decimal | None) -> str:
