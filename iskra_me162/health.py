@@ -97,7 +97,6 @@ class HealthSnapshot:
     today_since: datetime | None  # today's energy counts from then
     today_import_wh: Decimal | None
     today_export_wh: Decimal | None
-    values: Values | None  # the latest derived values
 
     @property
     def checksum_errors(self) -> int:
@@ -247,7 +246,6 @@ class Health:
                 today_since=None if day is None else day.since,
                 today_import_wh=today_import,
                 today_export_wh=today_export,
-                values=values,
             )
 
     # --- inside ----------------------------------------------------------------------------------

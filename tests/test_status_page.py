@@ -163,7 +163,6 @@ def health(values: Values | None, **changes: object) -> HealthSnapshot:
         today_since=NOW.replace(hour=0, minute=0, second=20),
         today_import_wh=Decimal("4321.5"),
         today_export_wh=Decimal("0"),
-        values=values,
     )
     return replace(snapshot, **changes)
 
