@@ -21,15 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from iskra_me162.config import load_config
 from iskra_me162.sinks.http import HttpEndpoint, parse_listen
+from tests.compose import COMPOSE, SINGLE_SERVICE, compose_services, expand
 from tests.readouts import make_deriver, make_readout
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-COMPOSE = ROOT / "docker-compose.yml"
 INSTALL = ROOT / "docker" / "install.sh"
 CONTAINER_CONFIG = ROOT / "docker" / "iskra-me162.conf"
 DOCS = ROOT / "README.rst"  # section "Home Assistant"
@@ -84,16 +83,9 @@ def healthcheck_of_dockerfile() -> tuple[dict[str, str], list[str]]:
 
 
 def compose_service() -> dict:
-    services = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
-    assert list(services) == ["iskra-me162"]
-    return services["iskra-me162"]
-
-
-def expand(text: str) -> str:
-    """Compose variable substitution with nothing set: ``${NAME:-default}`` -> default."""
-    unset = re.search(r"\$(?!\{[A-Z_][A-Z0-9_]*:-[^}]*\})", text)
-    assert unset is None, f"{text!r}: every variable needs a default (${{NAME:-default}})"
-    return re.sub(r"\$\{[A-Z_][A-Z0-9_]*:-([^}]*)\}", r"\1", text)
+    services = compose_services()
+    assert list(services) == [SINGLE_SERVICE]
+    return services[SINGLE_SERVICE]
 
 
 def shell_variable(name: str) -> str:
@@ -422,11 +414,7 @@ def test_installed_command_checks_the_container_config(installed):
 def test_compose_shows_two_meters_as_two_commented_services():
     """Uncommented, the two example services are the first one's container with each its own
     IR head, configuration file, host port and container name (issue 14)."""
-    text = COMPOSE.read_text(encoding="utf-8")
-    example = text[text.index("  #grid:") :]
-    uncommented = text.replace(example, re.sub(r"^  #", "  ", example, flags=re.M))
-    services = yaml.safe_load(uncommented)["services"]
-    del services["iskra-me162"]  # the example replaces it
+    services = compose_services(two_meters=True)
     assert list(services) == ["grid", "heatpump"]
     single = compose_service()
     per_meter = ("container_name", "devices", "ports", "volumes")
