@@ -28,8 +28,9 @@ service that runs unattended on a small machine and may face a hostile network:
   16 KiB;
 * one request per connection, only GET and HEAD, fixed JSON bodies that never echo the
   request, no version banner, and every request logged at DEBUG only;
-* ``publish()`` (the meter loop) renders the bodies and swaps one reference under a lock: it
-  never waits for a client.
+* ``publish()`` (the meter loop) swaps one reference under a lock: it never waits for a
+  client. The first request after it renders the bodies, once per reading: with live power a
+  reading comes up to once a second, and one a client never asks for costs nothing.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def _watts(power: Power | None) -> Decimal | None:
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """The latest readout, rendered once at publish time so that serving it costs nearly nothing.
+    """The latest readout, rendered once (on the first request for it) so that serving it
+    again costs nearly nothing.
 
     The age of the reading changes with every request, so the body of ``/api/v1/readings`` is
     kept in two pieces that the age goes between.
@@ -274,18 +276,24 @@ def _answer(
 
 
 class _Latest:
-    """The one reference the meter loop writes and the server threads read."""
+    """The one reference the meter loop writes and the server threads read: the latest values,
+    rendered by the first request that asks for them (live power publishes up to once a second,
+    a client such as Home Assistant reads every 30 s: most values are never asked for)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stale_after: float) -> None:
         self._lock = threading.Lock()
-        self._snapshot: _Snapshot | None = None
+        self._stale_after = stale_after
+        self._values: Values | None = None
+        self._snapshot: _Snapshot | None = None  # of _values, once a request asked
 
-    def set(self, snapshot: _Snapshot) -> None:
+    def set(self, values: Values) -> None:
         with self._lock:
-            self._snapshot = snapshot
+            self._values, self._snapshot = values, None
 
     def get(self) -> _Snapshot | None:
         with self._lock:
+            if self._snapshot is None and self._values is not None:
+                self._snapshot = _Snapshot.render(self._values, self._stale_after)
             return self._snapshot
 
 
@@ -744,7 +752,7 @@ class HttpEndpoint:
         self._stale_after = float(stale_after)
         self._max_connections = max_connections
         self._request_timeout = float(request_timeout)
-        self._latest = _Latest()
+        self._latest = _Latest(self._stale_after)
         self._pages = dict(pages or {})
         self._health = health
         self._device_name = device_name
@@ -798,8 +806,8 @@ class HttpEndpoint:
         )
 
     def publish(self, values: Values) -> None:
-        """Serve ``values`` from now on. Renders them and swaps a reference: never waits."""
-        self._latest.set(_Snapshot.render(values, self._stale_after))
+        """Serve ``values`` from now on: swaps a reference (the first request renders them)."""
+        self._latest.set(values)
 
     def close(self) -> None:
         """Stop serving, drop every connection, free the port and join the threads."""
