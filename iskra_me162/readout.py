@@ -6,6 +6,7 @@ knows how to express energy in Wh and power in W whatever unit the meter used.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -85,10 +86,18 @@ class Readout:
 
     def get(self, cde: str) -> Reading | None:
         """The current electricity register ``cde`` (``"1.8.0"``), or None when absent."""
+        return self._current.get(cde)
+
+    @functools.cached_property
+    def _current(self) -> dict[str, Reading]:
+        """The first reading with a value that ``means`` each C.D.E: the derive stage asks
+        about 50 times per readout (each tariff of each direction), live power twice a second."""
+        current: dict[str, Reading] = {}
         for reading in self.readings:
-            if reading.value is not None and reading.code.means(cde):
-                return reading
-        return None
+            cde = reading.code.cde
+            if reading.value is not None and cde not in current and reading.code.means(cde):
+                current[cde] = reading
+        return current
 
     def energy_wh(self, cde: str) -> Decimal | None:
         """Register ``cde`` in Wh, or None if absent or not an energy unit."""
