@@ -11,7 +11,8 @@ drops it with no more than a warning.
 
 What this sandbox needs of podman 4.3 (harmless elsewhere):
 
-* ``runtime = "runc"``: the sandbox's kernel interface suits runc (Debian's podman prefers crun).
+* ``runtime = "runc"``: in this sandbox podman needs runc rather than crun, which Debian's
+  podman prefers when both are installed.
 * ``default_ulimits``: podman gives root's containers RLIMIT_NOFILE and RLIMIT_NPROC of 1048576;
   where the sandbox allows less, runc fails with "error setting rlimit type 7: operation not
   permitted". The containers get at most 4096 of each (the daemon uses a few dozen files).

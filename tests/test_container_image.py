@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import pytest
 from tests.broker import free_port
 from tests.compose import SINGLE_SERVICE, compose_services, expand
 from tests.podman import Podman
+from tests.test_daemon_sml_e2e import get
 from tests.test_docker_files import healthcheck_of_dockerfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,11 +116,12 @@ def duration_ns(text: str) -> int:
 
 
 def get_readings(port: int) -> dict | None:
+    """The endpoint's readings, or None while it has none (503) or does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/readings", timeout=5) as r:
-            return json.load(r)
-    except (OSError, urllib.error.HTTPError):
+        status, body = get(port, "/api/v1/readings")
+    except OSError:
         return None
+    return body if status == 200 else None
 
 
 def wait_for_readings(podman: Podman, name: str, port: int, timeout: float = 60) -> dict:
