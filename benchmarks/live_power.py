@@ -41,14 +41,17 @@ asserted. The full run takes about 18 minutes and draws ``docs/performance-live-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
+import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,6 +376,23 @@ def _sleep_until(runs: Sequence[Run], plan_t: float) -> None:
     time.sleep(max(0.0, runs[0].meter.started + plan_t - time.monotonic()))
 
 
+@contextlib.contextmanager
+def _floor(meter: PtyMeter, plan: Plan) -> Iterator[subprocess.Popen[bytes]]:
+    """benchmarks/r1_floor.py polling ``meter`` until after the quiet CPU window."""
+    seconds = plan.end_s + plan.quiet_lead_s + plan.quiet_s + 5
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.r1_floor", str(meter.link), str(seconds)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def run(quick: bool) -> Section:
     plan = QUICK if quick else FULL
     section = Section(
@@ -384,7 +404,13 @@ def run(quick: bool) -> Section:
         live = _make_run(directory, "live", True, plan.readout_interval, plan)
         readout = _make_run(directory, "readout", False, plan.readout_interval, plan)
         runs = (live, readout)
-        with live.meter, readout.meter:
+        floor_meter = PtyMeter(
+            link=directory / "ttyIR-floor",
+            model=MeterModel(
+                MeterConfig(speedup=1.0, progmode="on", load=plan.load()), time.monotonic()
+            ),
+        )
+        with live.meter, readout.meter, floor_meter, _floor(floor_meter, plan) as floor:
             with daemon(live.config) as live_process, daemon(readout.config) as readout_process:
                 processes = {live.name: live_process, readout.name: readout_process}
                 _sleep_until(runs, 0.3)
@@ -398,7 +424,18 @@ def run(quick: bool) -> Section:
                 _sleep_until(runs, plan.end_s + plan.quiet_lead_s)
                 for each in runs:
                     each.mark("quiet_from", processes[each.name])
+                floor_cpu = [cpu_exact_s(floor.pid), cpu_ticks_s(floor.pid)]
                 _sleep_until(runs, plan.end_s + plan.quiet_lead_s + plan.quiet_s)
+                floor_cpu = [
+                    new - old
+                    for new, old in zip(
+                        (cpu_exact_s(floor.pid), cpu_ticks_s(floor.pid)), floor_cpu, strict=True
+                    )
+                ]
+                if floor.poll() is not None:
+                    section.errors.append(
+                        f"benchmarks/r1_floor.py exited early ({floor.returncode})"
+                    )
                 for each in runs:
                     each.mark("quiet_to", processes[each.name])
                     if processes[each.name].process.poll() is not None:
@@ -418,6 +455,7 @@ def run(quick: bool) -> Section:
             "sample_every_s": SAMPLE_EVERY,
         },
         "feature_files": files,
+        "floor_cpu_s": {"schedstat": floor_cpu[0], "ticks": floor_cpu[1]},
     }
     results: dict[str, list[StepResult]] = {}
     for each in runs:
@@ -560,6 +598,20 @@ def _figures(
             note=f"{per_hour['reader_to_meter']:,.0f} to the meter, "
             f"{per_hour['meter_to_reader']:,.0f} from it",
         )
+    floor_exact = details["floor_cpu_s"]["schedstat"] * 1000 * 60 / quiet
+    live_exact = _per_minute(live, "cpu_exact_s", "quiet_from", "quiet_to")
+    section.add(
+        "bare R1 polls: CPU, schedstat",
+        floor_exact,
+        "ms/min",
+        note="benchmarks/r1_floor.py: pyserial and the R1 frames alone, same rate, same window",
+    )
+    section.add(
+        "live: CPU over bare R1 polls",
+        live_exact / floor_exact if floor_exact else None,
+        "x",
+        note="schedstat, same window: what the daemon adds to the polls themselves",
+    )
     section.add(
         "live: R1 reads per second",
         details["live"]["bytes_per_hour"]["reads_per_s"],
